@@ -1,0 +1,163 @@
+//! THE bit layout of packed codes (every engine and kernel follows this one definition).
+//!
+//! A vector of `d` codes of `b` bits (`1 ≤ b ≤ 8`) occupies `row_bytes(d, b) = ⌈d·b/8⌉` bytes.
+//! The row is a little-endian bit stream: code `j` occupies stream bits `[j·b, (j+1)·b)`,
+//! least significant bit first, where stream bit `k` is bit `k mod 8` of byte `⌊k/8⌋`.
+//! So 8 consecutive codes fill exactly `b` bytes; a row starts on a byte boundary and its
+//! unused high bits of the last byte are zero. Batches are rows back to back (row-major).
+//!
+//! QJL sign bits are 1-bit codes in this layout (bit set ⇔ the projection was `≥ 0`).
+
+use crate::error::{Error, Result};
+
+/// Bytes of one packed row of `dim` codes at `bits` bits each.
+pub const fn row_bytes(dim: usize, bits: u8) -> usize {
+    (dim * bits as usize).div_ceil(8)
+}
+
+/// Packs `codes` (each `< 2^bits`) into `out` (`row_bytes(codes.len(), bits)` bytes).
+pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
+    let b = bits as usize;
+    debug_assert_eq!(out.len(), row_bytes(codes.len(), bits));
+    if b == 8 {
+        out.copy_from_slice(codes);
+        return;
+    }
+    let mask = (1u64 << b) - 1;
+    let mut groups = codes.chunks_exact(8);
+    let mut o = 0;
+    for g in &mut groups {
+        let mut acc = 0u64;
+        for (i, &c) in g.iter().enumerate() {
+            acc |= (c as u64 & mask) << (i * b);
+        }
+        out[o..o + b].copy_from_slice(&acc.to_le_bytes()[..b]);
+        o += b;
+    }
+    let tail = groups.remainder();
+    if !tail.is_empty() {
+        let mut acc = 0u64;
+        for (i, &c) in tail.iter().enumerate() {
+            acc |= (c as u64 & mask) << (i * b);
+        }
+        let n = out.len() - o;
+        out[o..].copy_from_slice(&acc.to_le_bytes()[..n]);
+    }
+}
+
+/// Unpacks one row of `out.len()` codes of `bits` bits from `packed`.
+pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
+    let b = bits as usize;
+    debug_assert_eq!(packed.len(), row_bytes(out.len(), bits));
+    if b == 8 {
+        out.copy_from_slice(packed);
+        return;
+    }
+    let mask = (1u64 << b) - 1;
+    let mut groups = out.chunks_exact_mut(8);
+    let mut o = 0;
+    for g in &mut groups {
+        let mut word = [0u8; 8];
+        word[..b].copy_from_slice(&packed[o..o + b]);
+        let acc = u64::from_le_bytes(word);
+        for (i, c) in g.iter_mut().enumerate() {
+            *c = ((acc >> (i * b)) & mask) as u8;
+        }
+        o += b;
+    }
+    let tail = groups.into_remainder();
+    if !tail.is_empty() {
+        let mut word = [0u8; 8];
+        let n = packed.len() - o;
+        word[..n].copy_from_slice(&packed[o..]);
+        let acc = u64::from_le_bytes(word);
+        for (i, c) in tail.iter_mut().enumerate() {
+            *c = ((acc >> (i * b)) & mask) as u8;
+        }
+    }
+}
+
+/// Packs a row-major `n × dim` matrix of codes into `n · row_bytes(dim, bits)` bytes.
+pub fn pack(codes: &[u8], dim: usize, bits: u8) -> Result<Vec<u8>> {
+    check_bits(bits)?;
+    if dim == 0 || codes.len() % dim != 0 {
+        return Err(Error::ShapeMismatch(format!(
+            "{} codes are not a whole number of rows of {dim}",
+            codes.len()
+        )));
+    }
+    if let Some(&c) = codes.iter().find(|&&c| (c as u32) >> bits != 0) {
+        return Err(Error::InvalidParameter(format!(
+            "code {c} does not fit in {bits} bits"
+        )));
+    }
+    let rb = row_bytes(dim, bits);
+    let mut out = vec![0u8; codes.len() / dim * rb];
+    for (row, dst) in codes.chunks_exact(dim).zip(out.chunks_exact_mut(rb)) {
+        pack_row(row, bits, dst);
+    }
+    Ok(out)
+}
+
+/// Unpacks `n · row_bytes(dim, bits)` bytes into a row-major `n × dim` matrix of codes.
+pub fn unpack(packed: &[u8], dim: usize, bits: u8) -> Result<Vec<u8>> {
+    check_bits(bits)?;
+    let rb = row_bytes(dim, bits);
+    if dim == 0 || packed.len() % rb != 0 {
+        return Err(Error::ShapeMismatch(format!(
+            "{} bytes are not a whole number of packed rows of {rb} bytes",
+            packed.len()
+        )));
+    }
+    let mut out = vec![0u8; packed.len() / rb * dim];
+    for (src, row) in packed.chunks_exact(rb).zip(out.chunks_exact_mut(dim)) {
+        unpack_row(src, bits, row);
+    }
+    Ok(out)
+}
+
+fn check_bits(bits: u8) -> Result<()> {
+    if bits == 0 || bits > 8 {
+        return Err(Error::InvalidParameter(format!(
+            "bit_width must be in 1..=8, got {bits}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_width_and_length() {
+        for bits in 1..=8u8 {
+            for dim in [1usize, 3, 7, 8, 9, 15, 64, 100, 129] {
+                let codes: Vec<u8> = (0..dim * 3)
+                    .map(|i| ((i * 37 + 11) % (1 << bits)) as u8)
+                    .collect();
+                let packed = pack(&codes, dim, bits).unwrap();
+                assert_eq!(packed.len(), 3 * row_bytes(dim, bits));
+                assert_eq!(unpack(&packed, dim, bits).unwrap(), codes);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_is_lsb_first() {
+        // codes 1,2,3 at 3 bits: 001 | 010<<3 | 011<<6 = 0b11_010_001 , then the high bit of 3
+        let p = pack(&[1, 2, 3], 3, 3).unwrap();
+        assert_eq!(p, vec![0b1101_0001, 0b0000_0000]);
+        let p = pack(&[1, 2, 7], 3, 3).unwrap();
+        assert_eq!(p, vec![0b1101_0001, 0b0000_0001]);
+        assert_eq!(pack(&[0xA, 0x5], 2, 4).unwrap(), vec![0x5A]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(pack(&[4], 1, 2).is_err());
+        assert!(pack(&[1, 2, 3], 2, 2).is_err());
+        assert!(unpack(&[1, 2, 3], 8, 3).is_err());
+        assert!(pack(&[0], 1, 9).is_err());
+    }
+}

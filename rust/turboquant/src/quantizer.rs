@@ -1,0 +1,572 @@
+//! TurboQuant_mse and TurboQuant_prod over batches of vectors, with packed storage.
+//!
+//! **MSE mode** (`b` bits): store a scale `s` (f32) and the `b`-bit Lloyd-Max codes `c` of the
+//! rotated unit vector `y = R x / ‖x‖`; reconstruct `x̂ = Rᵀ (s · centroids[c])`.
+//!
+//! **Prod mode** (`b` bits, `b ≥ 2`): MSE mode with `b − 1` bits, then the residual
+//! `r = x − x̂` is sketched by one bit per coordinate, `sign(S R r)`, plus `‖r‖` (f32), where
+//! `S` is a second, independent structured rotation (so the projection `S R` is orthogonal and
+//! `O(d log d)`). With unit rows, `E[⟨s_i, y⟩ sign⟨s_i, r⟩] = κ_d ⟨y, r⟩/‖r‖` where
+//! `κ_d = E|⟨s, e_1⟩| = Γ(d/2)/(√π Γ((d+1)/2))`, so
+//! `⟨y, x⟩ ≈ ⟨y, x̂⟩ + ‖r‖/(d κ_d) · Σ_i (S R y)_i · sign_i` is unbiased.
+//!
+//! **Scale** (what is stored instead of `‖x‖`), see [`ScaleMode`]. Let `a = ⟨y, ĉ⟩` and
+//! `n = ‖ĉ‖²` for the unit reconstruction `ĉ = centroids[c]`:
+//! `Norm` (the paper): `s = ‖x‖`; `Lsq`: `s = ‖x‖·a/n`, the least-squares scale, never a larger
+//! error than `Norm`; `Proj`: `s = ‖x‖/a`, which makes the projection of `x̂` on `x` exact
+//! (`⟨x̂, x⟩ = ‖x‖²`, as RaBitQ/EDEN-style length correction does): inner products with `x` itself
+//! and with queries near `x` lose the `⟨x, x̂⟩` shrinkage bias, at a higher MSE.
+
+use crate::codebook::{self, Codebook};
+use crate::error::{Error, Result};
+use crate::packing::{pack_row, row_bytes, unpack_row};
+use crate::parallel;
+use crate::rotation::Rotation;
+use crate::simd::{kernels, SimdLevel};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Which TurboQuant variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// TurboQuant_mse: all bits to the Lloyd-Max codes.
+    Mse,
+    /// TurboQuant_prod: `b − 1` bits of codes + a 1-bit QJL sketch of the residual (unbiased ⟨q, x⟩).
+    Prod,
+}
+
+/// What scale is stored per vector (see the module doc for the formulas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScaleMode {
+    /// The paper's exact mode: `‖x‖`.
+    Norm,
+    /// Least-squares scale `‖x‖·⟨y,ĉ⟩/‖ĉ‖²`: minimum reconstruction error (the default).
+    Lsq,
+    /// Projection-exact scale `‖x‖/⟨y,ĉ⟩`: unbiased self inner product, used by the search index.
+    Proj,
+}
+
+impl ScaleMode {
+    /// Name used in Python and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleMode::Norm => "norm",
+            ScaleMode::Lsq => "lsq",
+            ScaleMode::Proj => "proj",
+        }
+    }
+    /// Parses a [`ScaleMode::name`].
+    pub fn parse(s: &str) -> Result<ScaleMode> {
+        match s {
+            "norm" => Ok(ScaleMode::Norm),
+            "lsq" => Ok(ScaleMode::Lsq),
+            "proj" => Ok(ScaleMode::Proj),
+            _ => Err(Error::InvalidParameter(format!(
+                "scale must be 'norm', 'lsq' or 'proj', got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// `κ_d = E|⟨s, e_1⟩|` for `s` uniform on the unit sphere of `R^d`: `Γ(d/2)/(√π Γ((d+1)/2))`.
+pub fn sphere_abs_mean(dim: usize) -> f64 {
+    // r(d) = Γ(d/2)/Γ((d+1)/2); r(1) = √π, r(2) = 2/√π, r(d+2) = d/(d+1)·r(d).
+    let sqrt_pi = std::f64::consts::PI.sqrt();
+    let mut r = if dim % 2 == 1 { sqrt_pi } else { 2.0 / sqrt_pi };
+    let mut k = if dim % 2 == 1 { 1 } else { 2 };
+    while k < dim {
+        r *= k as f64 / (k as f64 + 1.0);
+        k += 2;
+    }
+    r / sqrt_pi
+}
+
+/// A configured TurboQuant quantizer. Cheap to clone (the codebook is shared).
+#[derive(Debug, Clone)]
+pub struct Quantizer {
+    dim: usize,
+    bits: u8,
+    mode: Mode,
+    scale_mode: ScaleMode,
+    seed: u64,
+    codebook: Arc<Codebook>,
+    rotation: Rotation,
+    qjl: Option<Rotation>,
+    qjl_factor: f32,
+}
+
+/// Packed codes of `n` vectors, owned. Buffers are exactly as large as the format says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuantizedBatch {
+    /// Number of vectors.
+    pub n: usize,
+    /// `n × row_bytes(dim, mse_bits)` packed Lloyd-Max codes.
+    pub codes: Vec<u8>,
+    /// `n` scales (f32), see [`ScaleMode`].
+    pub scales: Vec<f32>,
+    /// Prod mode: `n × ⌈dim/8⌉` packed QJL sign bits; empty in MSE mode.
+    pub qjl_signs: Vec<u8>,
+    /// Prod mode: `n` residual norms; empty in MSE mode.
+    pub residual_norms: Vec<f32>,
+}
+
+impl QuantizedBatch {
+    /// Borrowed view of the batch.
+    pub fn view(&self) -> BatchView<'_> {
+        BatchView {
+            n: self.n,
+            codes: &self.codes,
+            scales: &self.scales,
+            qjl_signs: &self.qjl_signs,
+            residual_norms: &self.residual_norms,
+        }
+    }
+    /// Bytes held by the buffers.
+    pub fn nbytes(&self) -> usize {
+        self.view().nbytes()
+    }
+}
+
+/// Borrowed packed codes of `n` vectors (e.g. numpy buffers); checked by [`Quantizer::check`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    /// Number of vectors.
+    pub n: usize,
+    /// Packed codes.
+    pub codes: &'a [u8],
+    /// Scales.
+    pub scales: &'a [f32],
+    /// Packed QJL signs (prod mode).
+    pub qjl_signs: &'a [u8],
+    /// Residual norms (prod mode).
+    pub residual_norms: &'a [f32],
+}
+
+impl BatchView<'_> {
+    /// Bytes held by the buffers.
+    pub fn nbytes(&self) -> usize {
+        self.codes.len()
+            + 4 * self.scales.len()
+            + self.qjl_signs.len()
+            + 4 * self.residual_norms.len()
+    }
+}
+
+/// Per-thread scratch buffers for encoding and decoding one row.
+struct Scratch {
+    rotated: Vec<f32>,
+    work: Vec<f32>,
+    codes: Vec<u8>,
+}
+
+impl Scratch {
+    fn new(dim: usize) -> Self {
+        Scratch {
+            rotated: vec![0.0; dim],
+            work: vec![0.0; dim],
+            codes: vec![0; dim],
+        }
+    }
+}
+
+const SIGN_VALUES: [f32; 2] = [-1.0, 1.0];
+
+impl Quantizer {
+    /// A quantizer for `dim`-vectors at `bits` bits per coordinate (total, QJL bit included).
+    pub fn new(
+        dim: usize,
+        bits: u8,
+        mode: Mode,
+        scale_mode: ScaleMode,
+        seed: u64,
+    ) -> Result<Quantizer> {
+        if !(1..=8).contains(&bits) {
+            return Err(Error::InvalidParameter(format!(
+                "bit_width must be in 1..=8, got {bits}"
+            )));
+        }
+        if mode == Mode::Prod && bits < 2 {
+            return Err(Error::InvalidParameter(
+                "the unbiased (QJL) quantizer needs bit_width >= 2: one bit goes to the residual sketch".into(),
+            ));
+        }
+        if dim < 2 {
+            return Err(Error::InvalidParameter(format!(
+                "dim must be at least 2, got {dim}"
+            )));
+        }
+        let mse_bits = if mode == Mode::Prod { bits - 1 } else { bits };
+        let qjl = match mode {
+            Mode::Prod => Some(Rotation::new(dim, seed, 1)?),
+            Mode::Mse => None,
+        };
+        Ok(Quantizer {
+            dim,
+            bits,
+            mode,
+            scale_mode,
+            seed,
+            codebook: codebook::get(dim, mse_bits)?,
+            rotation: Rotation::new(dim, seed, 0)?,
+            qjl,
+            qjl_factor: (1.0 / (dim as f64 * sphere_abs_mean(dim))) as f32,
+        })
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Total bits per coordinate.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+    /// Bits of the Lloyd-Max codes (`bits − 1` in prod mode).
+    pub fn mse_bits(&self) -> u8 {
+        self.codebook.bits()
+    }
+    /// MSE or prod.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// The stored-scale rule.
+    pub fn scale_mode(&self) -> ScaleMode {
+        self.scale_mode
+    }
+    /// The seed of the rotations.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// The Lloyd-Max codebook of the codes.
+    pub fn codebook(&self) -> &Codebook {
+        &self.codebook
+    }
+    /// The rotation `R`.
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
+    }
+    /// Packed code bytes per vector.
+    pub fn code_bytes(&self) -> usize {
+        row_bytes(self.dim, self.mse_bits())
+    }
+    /// Packed QJL sign bytes per vector (0 in MSE mode).
+    pub fn sign_bytes(&self) -> usize {
+        if self.qjl.is_some() {
+            row_bytes(self.dim, 1)
+        } else {
+            0
+        }
+    }
+    /// Bytes stored per vector: codes + scale (+ signs + residual norm).
+    pub fn bytes_per_vector(&self) -> usize {
+        self.code_bytes()
+            + 4
+            + if self.qjl.is_some() {
+                self.sign_bytes() + 4
+            } else {
+                0
+            }
+    }
+
+    fn rows(&self, len: usize, what: &str) -> Result<usize> {
+        if len % self.dim != 0 {
+            return Err(Error::ShapeMismatch(format!(
+                "{what} has {len} values, not a whole number of vectors of dim {}",
+                self.dim
+            )));
+        }
+        Ok(len / self.dim)
+    }
+
+    /// Checks that `view` holds `view.n` vectors of this quantizer's format.
+    pub fn check(&self, view: &BatchView<'_>) -> Result<()> {
+        let n = view.n;
+        let prod = self.qjl.is_some();
+        let expect = [
+            ("codes", view.codes.len(), n * self.code_bytes()),
+            ("scales", view.scales.len(), n),
+            (
+                "qjl_signs",
+                view.qjl_signs.len(),
+                if prod { n * self.sign_bytes() } else { 0 },
+            ),
+            (
+                "residual_norms",
+                view.residual_norms.len(),
+                if prod { n } else { 0 },
+            ),
+        ];
+        for (name, got, want) in expect {
+            if got != want {
+                return Err(Error::ShapeMismatch(format!(
+                    "{name} holds {got} elements, expected {want} for {n} vectors"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Quantizes a row-major batch (`x.len()` a multiple of `dim`) at the active SIMD level.
+    pub fn quantize(&self, x: &[f32]) -> Result<QuantizedBatch> {
+        self.quantize_at(crate::simd::active_level(), x)
+    }
+
+    /// Quantizes at an explicit SIMD level (parity tests and benchmarks).
+    pub fn quantize_at(&self, level: SimdLevel, x: &[f32]) -> Result<QuantizedBatch> {
+        let n = self.rows(x.len(), "input")?;
+        let (cb, sb) = (self.code_bytes(), self.sign_bytes());
+        let mut out = QuantizedBatch {
+            n,
+            codes: vec![0; n * cb],
+            scales: vec![0.0; n],
+            qjl_signs: vec![0; n * sb],
+            residual_norms: vec![0.0; if self.qjl.is_some() { n } else { 0 }],
+        };
+        let chunk = parallel::rows_per_task(n);
+        let d = self.dim;
+        parallel::install(|| {
+            let mut rnorm_chunks: Vec<&mut [f32]> = if self.qjl.is_some() {
+                out.residual_norms.chunks_mut(chunk).collect()
+            } else {
+                (0..n.div_ceil(chunk)).map(|_| &mut [][..]).collect()
+            };
+            let mut sign_chunks: Vec<&mut [u8]> = if sb > 0 {
+                out.qjl_signs.chunks_mut(chunk * sb).collect()
+            } else {
+                (0..n.div_ceil(chunk)).map(|_| &mut [][..]).collect()
+            };
+            x.par_chunks(chunk * d)
+                .zip(out.codes.par_chunks_mut(chunk * cb))
+                .zip(out.scales.par_chunks_mut(chunk))
+                .zip(sign_chunks.par_iter_mut())
+                .zip(rnorm_chunks.par_iter_mut())
+                .try_for_each_init(
+                    || Scratch::new(d),
+                    |scratch, ((((xs, codes), scales), signs), rnorms)| {
+                        for (i, row) in xs.chunks_exact(d).enumerate() {
+                            let sign_row = if sb > 0 {
+                                &mut signs[i * sb..(i + 1) * sb]
+                            } else {
+                                &mut [][..]
+                            };
+                            let (s, r) = self.encode_row(
+                                level,
+                                row,
+                                scratch,
+                                &mut codes[i * cb..(i + 1) * cb],
+                                sign_row,
+                            )?;
+                            scales[i] = s;
+                            if let Some(slot) = rnorms.get_mut(i) {
+                                *slot = r;
+                            }
+                        }
+                        Ok::<(), Error>(())
+                    },
+                )
+        })?;
+        Ok(out)
+    }
+
+    /// Encodes one vector: writes packed codes (and signs), returns (scale, residual norm).
+    fn encode_row(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        s: &mut Scratch,
+        codes_out: &mut [u8],
+        signs_out: &mut [u8],
+    ) -> Result<(f32, f32)> {
+        let cb = &self.codebook;
+        let nsq = kernels::sum_squares(level, x);
+        let norm = nsq.sqrt();
+        if !norm.is_finite() {
+            return Err(Error::NonFinite(
+                "input holds NaN or Inf (or a vector whose squared norm overflows float32)".into(),
+            ));
+        }
+        s.rotated.copy_from_slice(x);
+        self.rotation.apply_at(level, &mut s.rotated);
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        if cb.bits() <= 4 {
+            kernels::encode_linear(level, &s.rotated, inv, cb.boundaries(), &mut s.codes);
+        } else {
+            kernels::encode_binary(level, &s.rotated, inv, cb.boundaries(), &mut s.codes);
+        }
+        pack_row(&s.codes, cb.bits(), codes_out);
+        let (dot, sq) =
+            kernels::reconstruction_moments(level, &s.rotated, &s.codes, cb.centroids());
+        // dot = ‖x‖·⟨y, ĉ⟩, sq = ‖ĉ‖²
+        let scale = if norm == 0.0 || dot <= 0.0 || sq <= 0.0 {
+            norm
+        } else {
+            match self.scale_mode {
+                ScaleMode::Norm => norm,
+                ScaleMode::Lsq => dot / sq,
+                ScaleMode::Proj => nsq / dot,
+            }
+        };
+        let Some(qjl) = &self.qjl else {
+            return Ok((scale, 0.0));
+        };
+        kernels::decode_scaled(level, &s.codes, cb.centroids(), scale, &mut s.work);
+        for (w, &r) in s.work.iter_mut().zip(&s.rotated) {
+            *w = r - *w;
+        }
+        let rnorm = kernels::sum_squares(level, &s.work).sqrt();
+        qjl.apply_at(level, &mut s.work);
+        for (c, &w) in s.codes.iter_mut().zip(&s.work) {
+            *c = (w >= 0.0) as u8;
+        }
+        pack_row(&s.codes, 1, signs_out);
+        Ok((scale, rnorm))
+    }
+
+    /// Reconstructs `view.n` vectors into `out` (`n × dim`).
+    pub fn dequantize(&self, view: &BatchView<'_>, out: &mut [f32]) -> Result<()> {
+        self.check(view)?;
+        if out.len() != view.n * self.dim {
+            return Err(Error::ShapeMismatch(format!(
+                "output holds {} values, expected {}",
+                out.len(),
+                view.n * self.dim
+            )));
+        }
+        let level = crate::simd::active_level();
+        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        parallel::install(|| {
+            out.par_chunks_mut(d).enumerate().for_each_init(
+                || Scratch::new(d),
+                |s, (i, row)| {
+                    unpack_row(
+                        &view.codes[i * cb..(i + 1) * cb],
+                        self.mse_bits(),
+                        &mut s.codes,
+                    );
+                    kernels::decode_scaled(
+                        level,
+                        &s.codes,
+                        self.codebook.centroids(),
+                        view.scales[i],
+                        row,
+                    );
+                    if let Some(qjl) = &self.qjl {
+                        unpack_row(&view.qjl_signs[i * sb..(i + 1) * sb], 1, &mut s.codes);
+                        let f = view.residual_norms[i] * self.qjl_factor;
+                        kernels::decode_scaled(level, &s.codes, &SIGN_VALUES, f, &mut s.work);
+                        qjl.apply_inverse_at(level, &mut s.work);
+                        for (o, &w) in row.iter_mut().zip(&s.work) {
+                            *o += w;
+                        }
+                    }
+                    self.rotation.apply_inverse_at(level, row);
+                },
+            )
+        });
+        Ok(())
+    }
+
+    /// Lookup tables for a batch of queries (`nq × dim`); see [`QueryTables`].
+    pub fn query_tables(&self, queries: &[f32]) -> Result<QueryTables> {
+        let nq = self.rows(queries.len(), "queries")?;
+        if let Some(bad) = queries.iter().find(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!("query holds {bad}")));
+        }
+        let level = crate::simd::active_level();
+        let d = self.dim;
+        let k = self.codebook.centroids().len();
+        let mut codes = vec![0.0f32; nq * d * k];
+        let mut signs = vec![0.0f32; if self.qjl.is_some() { nq * d * 2 } else { 0 }];
+        let mut rq = vec![0.0f32; d];
+        for q in 0..nq {
+            rq.copy_from_slice(&queries[q * d..(q + 1) * d]);
+            self.rotation.apply_at(level, &mut rq);
+            let t = &mut codes[q * d * k..(q + 1) * d * k];
+            for (j, &v) in rq.iter().enumerate() {
+                for (c, &cv) in self.codebook.centroids().iter().enumerate() {
+                    t[j * k + c] = v * cv;
+                }
+            }
+            if let Some(qjl) = &self.qjl {
+                qjl.apply_at(level, &mut rq);
+                let t = &mut signs[q * d * 2..(q + 1) * d * 2];
+                for (j, &v) in rq.iter().enumerate() {
+                    t[2 * j] = -v;
+                    t[2 * j + 1] = v;
+                }
+            }
+        }
+        Ok(QueryTables {
+            nq,
+            k,
+            codes,
+            signs,
+        })
+    }
+
+    /// Estimates `⟨q, x⟩` for every query (`nq × dim`) and stored vector, from the codes:
+    /// `out[q·n + i]`. The database is never decoded: each query is rotated once and scores
+    /// are sums of per-coordinate table entries.
+    pub fn inner_products(
+        &self,
+        queries: &[f32],
+        view: &BatchView<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check(view)?;
+        let tables = self.query_tables(queries)?;
+        let (nq, n) = (tables.nq, view.n);
+        if out.len() != nq * n {
+            return Err(Error::ShapeMismatch(format!(
+                "output holds {} values, expected {}",
+                out.len(),
+                nq * n
+            )));
+        }
+        let level = crate::simd::active_level();
+        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        let mut by_row = vec![0.0f32; n * nq];
+        parallel::install(|| {
+            by_row.par_chunks_mut(nq.max(1)).enumerate().for_each_init(
+                || (vec![0u8; d], vec![0u8; d]),
+                |(codes, signs), (i, scores)| {
+                    unpack_row(&view.codes[i * cb..(i + 1) * cb], self.mse_bits(), codes);
+                    if sb > 0 {
+                        unpack_row(&view.qjl_signs[i * sb..(i + 1) * sb], 1, signs);
+                    }
+                    for (q, slot) in scores.iter_mut().enumerate() {
+                        let t = &tables.codes[q * d * tables.k..(q + 1) * d * tables.k];
+                        let mut v = view.scales[i] * kernels::lut_sum(level, t, tables.k, codes);
+                        if sb > 0 {
+                            let ts = &tables.signs[q * d * 2..(q + 1) * d * 2];
+                            v += view.residual_norms[i]
+                                * self.qjl_factor
+                                * kernels::lut_sum(level, ts, 2, signs);
+                        }
+                        *slot = v;
+                    }
+                },
+            )
+        });
+        for i in 0..n {
+            for q in 0..nq {
+                out[q * n + i] = by_row[i * nq + q];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-query lookup tables: `codes[q][j][c] = (R q)_j · centroid_c` and, in prod mode,
+/// `signs[q][j][s] = ±(S R q)_j`.
+#[derive(Debug, Clone)]
+pub struct QueryTables {
+    /// Number of queries.
+    pub nq: usize,
+    /// Entries per coordinate in `codes` (`2^mse_bits`).
+    pub k: usize,
+    /// `nq × dim × k` code tables.
+    pub codes: Vec<f32>,
+    /// `nq × dim × 2` sign tables (prod mode), else empty.
+    pub signs: Vec<f32>,
+}

@@ -1,0 +1,170 @@
+//! The SIMD kernels: each is one body, compiled per [`SimdLevel`] by `multiversion!`.
+//!
+//! Reductions keep [`LANES`] independent accumulators and combine them in a fixed tree, so
+//! the summation order (and hence every rounding) is the same at every level.
+
+use super::{multiversion, SimdLevel};
+
+/// Independent accumulators in reductions: one AVX-512 register of `f32`.
+pub const LANES: usize = 16;
+
+#[inline(always)]
+fn tree_sum(acc: [f32; LANES]) -> f32 {
+    let mut a = acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            a[i] += a[i + width];
+        }
+        width /= 2;
+    }
+    a[0]
+}
+
+#[inline(always)]
+fn fwht8(c: &mut [f32]) {
+    let (a0, a1, a2, a3) = (c[0] + c[1], c[0] - c[1], c[2] + c[3], c[2] - c[3]);
+    let (a4, a5, a6, a7) = (c[4] + c[5], c[4] - c[5], c[6] + c[7], c[6] - c[7]);
+    let (b0, b1, b2, b3) = (a0 + a2, a1 + a3, a0 - a2, a1 - a3);
+    let (b4, b5, b6, b7) = (a4 + a6, a5 + a7, a4 - a6, a5 - a7);
+    c[0] = b0 + b4;
+    c[1] = b1 + b5;
+    c[2] = b2 + b6;
+    c[3] = b3 + b7;
+    c[4] = b0 - b4;
+    c[5] = b1 - b5;
+    c[6] = b2 - b6;
+    c[7] = b3 - b7;
+}
+
+multiversion! {
+    /// In-place unnormalized Walsh-Hadamard transform, natural (Sylvester) order, scaled by `scale`
+    /// at the end. `x.len()` must be a power of two (the caller guarantees it).
+    pub fn fwht_scaled(x: &mut [f32], scale: f32) {
+        let n = x.len();
+        let mut h = 1;
+        if n >= 8 {
+            for c in x.chunks_exact_mut(8) {
+                fwht8(c);
+            }
+            h = 8;
+        }
+        while h < n {
+            for blk in x.chunks_exact_mut(2 * h) {
+                let (a, b) = blk.split_at_mut(h);
+                for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+                    let (p, q) = (*u, *v);
+                    *u = p + q;
+                    *v = p - q;
+                }
+            }
+            h *= 2;
+        }
+        if scale != 1.0 {
+            for v in x.iter_mut() {
+                *v *= scale;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x[i] *= s[i]` (the random sign flips of the rotation).
+    pub fn mul_assign(x: &mut [f32], s: &[f32]) {
+        for (v, m) in x.iter_mut().zip(s) {
+            *v *= *m;
+        }
+    }
+}
+
+multiversion! {
+    /// `Σ a[i]·b[i]` with a fixed summation order.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let n = a.len().min(b.len());
+        let full = n / LANES * LANES;
+        for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] += ca[l] * cb[l];
+            }
+        }
+        for i in full..n {
+            acc[i - full] += a[i] * b[i];
+        }
+        tree_sum(acc)
+    }
+}
+
+/// `Σ x[i]²` with a fixed summation order.
+pub fn sum_squares(level: SimdLevel, x: &[f32]) -> f32 {
+    dot(level, x, x)
+}
+
+multiversion! {
+    /// Codes for `b ≤ 4`: `code[i]` = number of `boundaries` strictly below `y[i]·inv`.
+    pub fn encode_linear(y: &[f32], inv: f32, boundaries: &[f32], codes: &mut [u8]) {
+        for (c, &v) in codes.iter_mut().zip(y) {
+            let v = v * inv;
+            let mut n = 0u8;
+            for &t in boundaries {
+                n += (t < v) as u8;
+            }
+            *c = n;
+        }
+    }
+}
+
+multiversion! {
+    /// Codes for any `b`: branchless binary search over `2^b − 1` sorted `boundaries`,
+    /// same result as [`encode_linear`].
+    pub fn encode_binary(y: &[f32], inv: f32, boundaries: &[f32], codes: &mut [u8]) {
+        let k = boundaries.len() + 1;
+        for (c, &v) in codes.iter_mut().zip(y) {
+            let v = v * inv;
+            let mut idx = 0usize;
+            let mut step = k / 2;
+            while step > 0 {
+                if boundaries[idx + step - 1] < v {
+                    idx += step;
+                }
+                step /= 2;
+            }
+            *c = idx as u8;
+        }
+    }
+}
+
+multiversion! {
+    /// `(Σ y[i]·c[code[i]], Σ c[code[i]]²)`: the projection of the unit rotated vector on its
+    /// reconstruction and the reconstruction's squared norm (for the scale corrections).
+    pub fn reconstruction_moments(y: &[f32], codes: &[u8], centroids: &[f32]) -> (f32, f32) {
+        let mut dot = [0.0f32; LANES];
+        let mut sq = [0.0f32; LANES];
+        for (i, (&v, &c)) in y.iter().zip(codes).enumerate() {
+            let q = centroids[c as usize];
+            dot[i % LANES] += v * q;
+            sq[i % LANES] += q * q;
+        }
+        (tree_sum(dot), tree_sum(sq))
+    }
+}
+
+multiversion! {
+    /// `out[i] = scale · centroids[codes[i]]` (decode into the rotated domain).
+    pub fn decode_scaled(codes: &[u8], centroids: &[f32], scale: f32, out: &mut [f32]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = scale * centroids[c as usize];
+        }
+    }
+}
+
+multiversion! {
+    /// `Σ_i table[i·k + codes[i]]`: a score from per-coordinate lookup tables of `k` entries.
+    pub fn lut_sum(table: &[f32], k: usize, codes: &[u8]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        for (i, &c) in codes.iter().enumerate() {
+            acc[i % LANES] += table[i * k + c as usize];
+        }
+        tree_sum(acc)
+    }
+}

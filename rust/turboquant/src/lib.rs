@@ -17,9 +17,11 @@
 //! q.dequantize(&batch.view(), &mut back).unwrap();
 //! ```
 
+pub mod bytes;
 pub mod codebook;
 pub mod entropy;
 pub mod error;
+pub mod format;
 pub mod packing;
 pub mod parallel;
 pub mod quantizer;

@@ -157,7 +157,7 @@ mod tests {
     fn rejects_bad_input() {
         assert!(pack(&[4], 1, 2).is_err());
         assert!(pack(&[1, 2, 3], 2, 2).is_err());
-        assert!(unpack(&[1, 2, 3], 8, 3).is_err());
+        assert!(unpack(&[1, 2, 3, 4], 8, 3).is_err());
         assert!(pack(&[0], 1, 9).is_err());
     }
 }

@@ -6,19 +6,30 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// The contiguous data of a borrowed 2-D array, or a `ValueError` naming `what`.
-pub fn slice2<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> PyResult<&'a [T]> {
+pub fn slice2<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray2<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
 }
 
 /// The contiguous data of a borrowed 1-D array, or a `ValueError` naming `what`.
-pub fn slice1<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
+pub fn slice1<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
 }
 
 /// Moves a row-major `rows × cols` vector into a numpy array (no copy).
-pub fn to_array2<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, rows: usize, cols: usize) -> PyResult<Bound<'py, PyArray2<T>>> {
+pub fn to_array2<'py, T: numpy::Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
     Array2::from_shape_vec((rows, cols), v)
         .map(|a| a.into_pyarray(py))
         .map_err(|e| PyValueError::new_err(e.to_string()))

@@ -16,8 +16,19 @@ use pyo3::prelude::*;
 
 /// Lloyd-Max codebook for (dim, bits): (centroids, boundaries, probabilities, distortion).
 #[pyfunction]
-fn codebook(py: Python<'_>, dim: usize, bits: u8) -> PyResult<(Bound<'_, PyArray1<f32>>, Bound<'_, PyArray1<f32>>, Bound<'_, PyArray1<f64>>, f64)> {
-    let cb = py.detach(|| turboquant::codebook::get(dim, bits)).py_err()?;
+fn codebook(
+    py: Python<'_>,
+    dim: usize,
+    bits: u8,
+) -> PyResult<(
+    Bound<'_, PyArray1<f32>>,
+    Bound<'_, PyArray1<f32>>,
+    Bound<'_, PyArray1<f64>>,
+    f64,
+)> {
+    let cb = py
+        .detach(|| turboquant::codebook::get(dim, bits))
+        .py_err()?;
     Ok((
         to_array1(py, cb.centroids().to_vec()),
         to_array1(py, cb.boundaries().to_vec()),
@@ -28,32 +39,55 @@ fn codebook(py: Python<'_>, dim: usize, bits: u8) -> PyResult<(Bound<'_, PyArray
 
 /// Packs an (n, dim) uint8 code matrix at `bits` bits per code (the crate's one layout).
 #[pyfunction]
-fn pack<'py>(py: Python<'py>, codes: PyReadonlyArray2<'py, u8>, bits: u8) -> PyResult<Bound<'py, PyArray2<u8>>> {
+fn pack<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray2<'py, u8>,
+    bits: u8,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let dim = codes.shape()[1];
     let data = slice2(&codes, "codes")?;
-    let packed = py.detach(|| turboquant::packing::pack(data, dim, bits)).py_err()?;
+    let packed = py
+        .detach(|| turboquant::packing::pack(data, dim, bits))
+        .py_err()?;
     let rows = codes.shape()[0];
     to_array2(py, packed, rows, turboquant::packing::row_bytes(dim, bits))
 }
 
 /// Unpacks an (n, row_bytes) packed matrix into (n, dim) codes.
 #[pyfunction]
-fn unpack<'py>(py: Python<'py>, packed: PyReadonlyArray2<'py, u8>, dim: usize, bits: u8) -> PyResult<Bound<'py, PyArray2<u8>>> {
+fn unpack<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray2<'py, u8>,
+    dim: usize,
+    bits: u8,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let rows = packed.shape()[0];
     let data = slice2(&packed, "packed")?;
-    let codes = py.detach(|| turboquant::packing::unpack(data, dim, bits)).py_err()?;
+    let codes = py
+        .detach(|| turboquant::packing::unpack(data, dim, bits))
+        .py_err()?;
     to_array2(py, codes, rows, dim)
 }
 
 /// Orthonormal fast Walsh-Hadamard transform of each row (length a power of two).
 #[pyfunction]
-fn fwht<'py>(py: Python<'py>, x: PyReadonlyArray2<'py, f32>, normalize: bool) -> PyResult<Bound<'py, PyArray2<f32>>> {
+fn fwht<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    normalize: bool,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let d = x.shape()[1];
     if d == 0 || !d.is_power_of_two() {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!("last dimension must be a power of 2, got {d}")));
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "last dimension must be a power of 2, got {d}"
+        )));
     }
     let mut out = slice2(&x, "x")?.to_vec();
-    let scale = if normalize { 1.0 / (d as f32).sqrt() } else { 1.0 };
+    let scale = if normalize {
+        1.0 / (d as f32).sqrt()
+    } else {
+        1.0
+    };
     let level = turboquant::simd::active_level();
     py.detach(|| {
         for row in out.chunks_exact_mut(d) {

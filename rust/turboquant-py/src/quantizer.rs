@@ -49,7 +49,8 @@ impl PyQuantizer {
     #[pyo3(signature = (dim, bits, unbiased=false, scale="lsq", seed=0))]
     fn new(dim: usize, bits: u8, unbiased: bool, scale: &str, seed: u64) -> PyResult<Self> {
         let mode = if unbiased { Mode::Prod } else { Mode::Mse };
-        let inner = Quantizer::new(dim, bits, mode, ScaleMode::parse(scale).py_err()?, seed).py_err()?;
+        let inner =
+            Quantizer::new(dim, bits, mode, ScaleMode::parse(scale).py_err()?, seed).py_err()?;
         Ok(PyQuantizer { inner })
     }
 
@@ -100,7 +101,11 @@ impl PyQuantizer {
     }
 
     /// Quantizes `x` (n × dim, float32, C-contiguous) → (codes, scales, signs, residual_norms).
-    fn quantize<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f32>) -> PyResult<Packed<'py>> {
+    fn quantize<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+    ) -> PyResult<Packed<'py>> {
         let data = slice2(&x, "x")?;
         let q = &self.inner;
         let b = py.detach(|| q.quantize(data)).py_err()?;
@@ -122,7 +127,12 @@ impl PyQuantizer {
         signs: PyReadonlyArray2<'py, u8>,
         rnorms: PyReadonlyArray1<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let bufs = Buffers { codes, scales, signs, rnorms };
+        let bufs = Buffers {
+            codes,
+            scales,
+            signs,
+            rnorms,
+        };
         let view = bufs.view()?;
         let q = &self.inner;
         let mut out = vec![0.0f32; view.n * q.dim()];
@@ -142,23 +152,36 @@ impl PyQuantizer {
         rnorms: PyReadonlyArray1<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let qs = slice2(&queries, "queries")?;
-        let bufs = Buffers { codes, scales, signs, rnorms };
+        let bufs = Buffers {
+            codes,
+            scales,
+            signs,
+            rnorms,
+        };
         let view = bufs.view()?;
         let q = &self.inner;
         let nq = qs.len() / q.dim().max(1);
         let mut out = vec![0.0f32; nq * view.n];
-        py.detach(|| q.inner_products(qs, &view, &mut out)).py_err()?;
+        py.detach(|| q.inner_products(qs, &view, &mut out))
+            .py_err()?;
         to_array2(py, out, nq, view.n)
     }
 
     /// Applies the rotation (or its inverse) to float32 rows; returns a new array.
     #[pyo3(signature = (x, inverse=false))]
-    fn rotate<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f32>, inverse: bool) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    fn rotate<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+        inverse: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let data = slice2(&x, "x")?;
         let rot = self.inner.rotation();
         let d = rot.dim();
         if data.len() % d != 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!("last dimension must be {d}")));
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "last dimension must be {d}"
+            )));
         }
         let mut out = data.to_vec();
         py.detach(|| {
@@ -186,7 +209,9 @@ impl PyQuantizer {
     /// Rebuilds a quantizer from `to_bytes()`.
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        Ok(PyQuantizer { inner: format::quantizer_from_bytes(data).py_err()? })
+        Ok(PyQuantizer {
+            inner: format::quantizer_from_bytes(data).py_err()?,
+        })
     }
 
     /// Serializes packed buffers with this quantizer's parameters; `entropy` rANS-codes the codes.
@@ -200,10 +225,17 @@ impl PyQuantizer {
         rnorms: PyReadonlyArray1<'py, f32>,
         entropy: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let bufs = Buffers { codes, scales, signs, rnorms };
+        let bufs = Buffers {
+            codes,
+            scales,
+            signs,
+            rnorms,
+        };
         let view = bufs.view()?;
         let q = &self.inner;
-        let bytes = py.detach(|| format::batch_to_bytes(q, &view, entropy)).py_err()?;
+        let bytes = py
+            .detach(|| format::batch_to_bytes(q, &view, entropy))
+            .py_err()?;
         Ok(PyBytes::new(py, &bytes))
     }
 }

@@ -20,7 +20,9 @@ const GRID: usize = 1 << 15;
 /// Half-width of the tabulated band, in standard deviations (1/√d).
 const BAND_SIGMAS: f64 = 12.0;
 /// Lloyd iterations stop once no centroid moves more than this, in units of 1/√d.
-const TOLERANCE: f64 = 1e-11;
+const TOLERANCE: f64 = 1e-9;
+/// Iterations without a new smallest residual after which the table's resolution is reached.
+const STALL_LIMIT: usize = 4;
 /// Safety cap on Lloyd iterations.
 const MAX_ITERATIONS: usize = 20_000;
 
@@ -90,24 +92,39 @@ impl Codebook {
             .map(|i| law.companding_quantile((i as f64 + 0.5) / k as f64))
             .collect();
         let mut iterations = 0;
+        let (mut best, mut stalled) = (f64::INFINITY, 0);
         let mut cuts = vec![0.0f64; k + 1];
         while iterations < MAX_ITERATIONS {
             iterations += 1;
             cell_edges(&c, &mut cuts);
             let (mass, first) = (law.cumulative_at(&cuts, 0), law.cumulative_at(&cuts, 1));
-            let mut moved = 0.0f64;
-            for i in 0..k {
-                let p = mass[i + 1] - mass[i];
-                if p > 1e-300 {
-                    let next = (first[i + 1] - first[i]) / p;
-                    moved = moved.max((next - c[i]).abs() * sqrt_d);
-                    c[i] = next;
-                }
+            let means: Vec<f64> = (0..k)
+                .map(|i| {
+                    let p = mass[i + 1] - mass[i];
+                    if p > 1e-300 {
+                        (first[i + 1] - first[i]) / p
+                    } else {
+                        c[i]
+                    }
+                })
+                .collect();
+            let moved = c
+                .iter()
+                .zip(&means)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() * sqrt_d));
+            if moved < best {
+                (best, stalled) = (moved, 0);
+            } else {
+                stalled += 1;
             }
-            symmetrize(&mut c);
-            if moved < TOLERANCE {
+            if moved < TOLERANCE || stalled >= STALL_LIMIT {
                 break;
             }
+            match newton_step(&law, &c, &cuts, &mass, &means) {
+                Some(next) => c = next,
+                None => c.copy_from_slice(&means),
+            }
+            symmetrize(&mut c);
         }
         cell_edges(&c, &mut cuts);
         let mass = law.cumulative_at(&cuts, 0);
@@ -183,6 +200,58 @@ fn cell_edges(c: &[f64], cuts: &mut [f64]) {
     }
 }
 
+/// One Newton step on `T(c) − c = 0`, where `T` maps centroids to the conditional means of
+/// their cells. Its Jacobian is tridiagonal (a centroid only sees its two cell edges), so a
+/// step costs `O(K)`. Returns `None` when the step would break the ordering of the centroids
+/// (then the caller takes a plain Lloyd step).
+fn newton_step(
+    law: &CoordinateLaw,
+    c: &[f64],
+    cuts: &[f64],
+    mass: &[f64],
+    means: &[f64],
+) -> Option<Vec<f64>> {
+    let k = c.len();
+    let (mut lower, mut diag, mut upper, mut rhs) =
+        (vec![0.0; k], vec![0.0; k], vec![0.0; k], vec![0.0; k]);
+    for i in 0..k {
+        let p = mass[i + 1] - mass[i];
+        if p <= 1e-300 {
+            return None;
+        }
+        // ∂T_i/∂(lower edge) and ∂T_i/∂(upper edge); each interior edge is the mean of two centroids.
+        let a = if i > 0 {
+            law.density(cuts[i]) * (means[i] - cuts[i]) / p
+        } else {
+            0.0
+        };
+        let u = if i + 1 < k {
+            law.density(cuts[i + 1]) * (cuts[i + 1] - means[i]) / p
+        } else {
+            0.0
+        };
+        lower[i] = 0.5 * a;
+        upper[i] = 0.5 * u;
+        diag[i] = 0.5 * (a + u) - 1.0;
+        rhs[i] = c[i] - means[i];
+    }
+    // Thomas algorithm for J·δ = −(T(c) − c).
+    for i in 1..k {
+        let w = lower[i] / diag[i - 1];
+        diag[i] -= w * upper[i - 1];
+        rhs[i] -= w * rhs[i - 1];
+    }
+    let mut delta = vec![0.0; k];
+    delta[k - 1] = rhs[k - 1] / diag[k - 1];
+    for i in (0..k - 1).rev() {
+        delta[i] = (rhs[i] - upper[i] * delta[i + 1]) / diag[i];
+    }
+    let next: Vec<f64> = c.iter().zip(&delta).map(|(a, b)| a + b).collect();
+    let ordered =
+        next.iter().all(|v| v.is_finite() && v.abs() < 1.0) && next.windows(2).all(|w| w[0] < w[1]);
+    ordered.then_some(next)
+}
+
 /// Makes the centroids exactly antisymmetric (the law is symmetric).
 fn symmetrize(c: &mut [f64]) {
     let k = c.len();
@@ -195,6 +264,9 @@ fn symmetrize(c: &mut [f64]) {
 
 /// Tabulated cumulative moments of the coordinate law on a uniform grid in `θ = asin(x)`.
 struct CoordinateLaw {
+    dim: usize,
+    /// ∫ cos^(d−2) θ dθ over the table before normalization (normalizes [`Self::density`]).
+    density_total: f64,
     theta_max: f64,
     step: f64,
     /// `moments[j][g]`: ∫ x^j f over [−θmax, θ_g], normalized so that the total mass is 1.
@@ -239,11 +311,22 @@ impl CoordinateLaw {
         let ctotal = companding[GRID - 1];
         companding.iter_mut().for_each(|v| *v /= ctotal);
         CoordinateLaw {
+            dim,
+            density_total: total,
             theta_max,
             step,
             moments,
             companding,
         }
+    }
+
+    /// The normalized density `f(x)` of the coordinate law.
+    fn density(&self, x: f64) -> f64 {
+        let one_minus = (1.0 - x * x).max(0.0);
+        if one_minus == 0.0 {
+            return 0.0;
+        }
+        (0.5 * (self.dim as f64 - 3.0) * one_minus.ln()).exp() / self.density_total
     }
 
     /// Fractional grid position of coordinate `x`, clamped to the table.
@@ -363,6 +446,26 @@ mod tests {
                 .map(|&c| (c - x).abs())
                 .fold(f32::INFINITY, f32::min);
             assert!(((cb.centroids()[code] - x).abs() - best).abs() < 1e-6);
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    fn every_width_builds_well_under_50ms() {
+        for d in [64usize, 128, 1536, 100_000] {
+            for b in 1..=MAX_BITS {
+                let t = std::time::Instant::now();
+                let cb = Codebook::build(d, b).unwrap();
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                println!("d={d} b={b}: {ms:.1} ms, {} iterations", cb.iterations());
+                // debug builds are ~20x slower; the bound is for optimized code
+                let limit = if cfg!(debug_assertions) { 1000.0 } else { 50.0 };
+                assert!(ms < limit, "d={d} b={b} took {ms} ms");
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod parallel;
 pub mod quantizer;
 pub mod rng;
 pub mod rotation;
+pub mod search;
 pub mod simd;
 
 pub use codebook::Codebook;

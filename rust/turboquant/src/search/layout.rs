@@ -1,0 +1,274 @@
+//! The index-internal blocked layouts and the per-query lookup tables that match them.
+//!
+//! Vectors are stored in blocks of [`BLOCK`] = 32. Every layout is derived from the canonical
+//! packed row of [`crate::packing`] (an LSB-first bit stream of `b`-bit codes): a *group code*
+//! is a run of `w` consecutive stream bits, i.e. the concatenation of the codes of `w / b`
+//! consecutive coordinates (bits past the row's end read as zero, a padded coordinate).
+//!
+//! - **Nibble** (`b ∈ {1, 2, 4}`, `w = 4`: 4, 2 or 1 coordinates per group; groups padded to a
+//!   multiple of 4): group `g` of a block is 16 bytes at `[16g, 16g + 16)`; byte `i` holds
+//!   vector `i`'s group code in its low nibble and vector `16 + i`'s in its high nibble.
+//!   Lookup table: 16 `u8` per group at `[16g, 16g + 16)`.
+//! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 2):
+//!   groups `2s, 2s + 1` form step `s`, 48 bytes at `[48s, 48s + 48)`: a bit stream of 64 6-bit
+//!   codes, LSB first, where position `p` holds vector `p mod 32`'s code of group `2s + p / 32`.
+//!   3 bits per coordinate stay 3 bits. Lookup table: 64 `u8` per group at `[64g, 64g + 64)`.
+//! - **Rows** (`b ≥ 5`): the canonical rows themselves, 32 back to back per block; scored with
+//!   `f32` per-coordinate tables.
+//!
+//! A block's unused slots (past the last vector) are zero codes and are never reported.
+
+use crate::packing::row_bytes;
+
+/// Vectors per block.
+pub const BLOCK: usize = 32;
+
+/// How codes are laid out inside a block (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// 4-bit group codes, `groups` a multiple of 4.
+    Nibble {
+        /// Padded number of groups.
+        groups: usize,
+        /// Bits per coordinate (1, 2 or 4).
+        bits: u8,
+    },
+    /// 6-bit group codes of coordinate pairs (3 bits each), `groups` a multiple of 2.
+    Pair {
+        /// Padded number of groups.
+        groups: usize,
+    },
+    /// Canonical packed rows.
+    Rows {
+        /// Bytes per row.
+        row_bytes: usize,
+        /// Bits per coordinate (5..=8).
+        bits: u8,
+    },
+}
+
+/// Reads `width ≤ 8` bits at stream bit `start` of an LSB-first stream (zero past the end).
+#[inline]
+pub fn stream_bits(stream: &[u8], start: usize, width: usize) -> usize {
+    let byte = start / 8;
+    let lo = stream.get(byte).copied().unwrap_or(0) as usize;
+    let hi = stream.get(byte + 1).copied().unwrap_or(0) as usize;
+    ((lo | hi << 8) >> (start % 8)) & ((1 << width) - 1)
+}
+
+/// ORs a `width`-bit `value` into stream bit `start` (the stream holds zeros there).
+#[inline]
+fn put_bits(stream: &mut [u8], start: usize, value: usize) {
+    let v = value << (start % 8);
+    stream[start / 8] |= v as u8;
+    if v >> 8 != 0 {
+        stream[start / 8 + 1] |= (v >> 8) as u8;
+    }
+}
+
+impl Layout {
+    /// The layout for `dim` coordinates at `bits` bits.
+    pub fn new(dim: usize, bits: u8) -> Layout {
+        match bits {
+            1 | 2 | 4 => Layout::Nibble {
+                groups: (dim * bits as usize).div_ceil(16) * 4,
+                bits,
+            },
+            3 => Layout::Pair {
+                groups: dim.div_ceil(4) * 2,
+            },
+            _ => Layout::Rows {
+                row_bytes: row_bytes(dim, bits),
+                bits,
+            },
+        }
+    }
+
+    /// Bits of a group code (0 for rows).
+    pub fn group_bits(&self) -> usize {
+        match self {
+            Layout::Nibble { .. } => 4,
+            Layout::Pair { .. } => 6,
+            Layout::Rows { .. } => 0,
+        }
+    }
+
+    /// Number of (padded) groups; 0 for rows.
+    pub fn groups(&self) -> usize {
+        match *self {
+            Layout::Nibble { groups, .. } | Layout::Pair { groups } => groups,
+            Layout::Rows { .. } => 0,
+        }
+    }
+
+    /// Bytes of one block of [`BLOCK`] vectors.
+    pub fn block_bytes(&self) -> usize {
+        match *self {
+            Layout::Nibble { groups, .. } => 16 * groups,
+            Layout::Pair { groups } => 24 * groups,
+            Layout::Rows { row_bytes, .. } => BLOCK * row_bytes,
+        }
+    }
+
+    /// Bytes of one query's `u8` lookup table (0 for rows).
+    pub fn lut_bytes(&self) -> usize {
+        self.groups() << self.group_bits()
+    }
+
+    /// Writes vector `v`'s canonical packed `row` into a zeroed slot of `block`.
+    pub fn put(&self, block: &mut [u8], v: usize, row: &[u8]) {
+        match *self {
+            Layout::Nibble { groups, .. } => {
+                let shift = if v < 16 { 0 } else { 4 };
+                for g in 0..groups {
+                    block[16 * g + v % 16] |= (stream_bits(row, 4 * g, 4) << shift) as u8;
+                }
+            }
+            Layout::Pair { groups } => {
+                for g in 0..groups {
+                    let pos = 64 * (g / 2) + 32 * (g % 2) + v;
+                    put_bits(block, 6 * pos, stream_bits(row, 6 * g, 6));
+                }
+            }
+            Layout::Rows { row_bytes, .. } => {
+                block[v * row_bytes..(v + 1) * row_bytes].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Vector `v`'s code of group `g` (group layouts only).
+    #[inline]
+    pub fn group_code(&self, block: &[u8], v: usize, g: usize) -> usize {
+        match self {
+            Layout::Nibble { .. } => {
+                let byte = block[16 * g + v % 16] as usize;
+                if v < 16 {
+                    byte & 15
+                } else {
+                    byte >> 4
+                }
+            }
+            Layout::Pair { .. } => {
+                let pos = 64 * (g / 2) + 32 * (g % 2) + v;
+                stream_bits(block, 6 * pos, 6)
+            }
+            Layout::Rows { .. } => 0,
+        }
+    }
+}
+
+/// One query's tables: `f32` group tables (or per-coordinate tables for rows) and their
+/// `u8` quantization `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
+/// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`.
+#[derive(Debug, Clone, Default)]
+pub struct QueryTables {
+    /// `groups × 2^group_bits` (or `dim × 2^bits` for rows) `f32` entries.
+    pub float: Vec<f32>,
+    /// The quantized table (empty for rows).
+    pub lut: Vec<u8>,
+    /// Step of the quantized table.
+    pub delta: f32,
+    /// Sum of the per-group minima.
+    pub base: f32,
+}
+
+impl QueryTables {
+    /// Tables for the rotated query `rq` against the unit-scale `centroids` of `bits`-bit codes.
+    pub fn new(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> QueryTables {
+        let b = bits as usize;
+        let w = layout.group_bits();
+        if w == 0 {
+            let float = rq
+                .iter()
+                .flat_map(|&v| centroids.iter().map(move |&c| v * c))
+                .collect();
+            return QueryTables {
+                float,
+                ..QueryTables::default()
+            };
+        }
+        let (per, size, mask) = (w / b, 1usize << w, (1usize << b) - 1);
+        let groups = layout.groups();
+        let mut float = vec![0.0f32; groups * size];
+        for (g, table) in float.chunks_exact_mut(size).enumerate() {
+            for (t, e) in table.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for u in 0..per {
+                    if let Some(&v) = rq.get(g * per + u) {
+                        acc += v * centroids[(t >> (u * b)) & mask];
+                    }
+                }
+                *e = acc;
+            }
+        }
+        let mut base = 0.0f32;
+        let mut range = 0.0f32;
+        let mins: Vec<f32> = float
+            .chunks_exact(size)
+            .map(|t| {
+                let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                base += lo;
+                range = range.max(hi - lo);
+                lo
+            })
+            .collect();
+        let delta = if range > 0.0 { range / 255.0 } else { 1.0 };
+        let inv = 1.0 / delta;
+        let lut = float
+            .chunks_exact(size)
+            .zip(&mins)
+            .flat_map(|(t, &lo)| {
+                t.iter()
+                    .map(move |&v| ((v - lo) * inv).round().min(255.0) as u8)
+            })
+            .collect();
+        QueryTables {
+            float,
+            lut,
+            delta,
+            base,
+        }
+    }
+
+    /// `Σ_g float[g][code_g]` for vector `v` of `block`: the exact (unquantized) table score.
+    pub fn exact_score(&self, layout: &Layout, block: &[u8], v: usize) -> f32 {
+        let size = 1usize << layout.group_bits();
+        (0..layout.groups())
+            .map(|g| self.float[g * size + layout.group_code(block, v, g)])
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packing::pack_row;
+
+    #[test]
+    fn group_codes_are_runs_of_the_canonical_stream() {
+        for (dim, bits) in [(7usize, 1u8), (9, 2), (10, 3), (13, 4), (64, 3), (33, 4)] {
+            let layout = Layout::new(dim, bits);
+            let mut block = vec![0u8; layout.block_bytes()];
+            let rows: Vec<Vec<u8>> = (0..BLOCK)
+                .map(|v| {
+                    let codes: Vec<u8> = (0..dim)
+                        .map(|j| ((v * 7 + j * 3 + j * j) % (1 << bits)) as u8)
+                        .collect();
+                    let mut row = vec![0u8; row_bytes(dim, bits)];
+                    pack_row(&codes, bits, &mut row);
+                    row
+                })
+                .collect();
+            for (v, row) in rows.iter().enumerate() {
+                layout.put(&mut block, v, row);
+            }
+            let w = layout.group_bits();
+            for (v, row) in rows.iter().enumerate() {
+                for g in 0..layout.groups() {
+                    assert_eq!(layout.group_code(&block, v, g), stream_bits(row, w * g, w));
+                }
+            }
+        }
+    }
+}

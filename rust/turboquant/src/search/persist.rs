@@ -1,0 +1,207 @@
+//! Index files: save, load into memory, or load with the code blocks memory-mapped.
+//!
+//! ```text
+//! header(kind 3, see crate::format) | index version u8 (=1) | metric u8 (0 ip, 1 cosine, 2 l2)
+//! | rerank u8 | slots n u64 | next id u64
+//! | ids u64 × n | tombstones u64 × ⌈n/64⌉ | scales f32 × n | l2: ‖x‖² f32 × n
+//! | code blocks ⌈n/32⌉ × block_bytes (the search::layout layout)
+//! | rerank: fp16 originals n × dim × 2 bytes | crc32
+//! ```
+//! All little-endian. Loading checks the checksum, every length against the file size, the
+//! quantizer parameters, id uniqueness and range, and that unused slots hold zero codes, so a
+//! damaged file gives [`Error::Corrupt`]. With `mmap`, the code blocks and originals stay in
+//! the mapping (the checksum still reads the whole file once).
+
+use super::index::{Index, Metric, MAX_ID};
+use super::layout::BLOCK;
+use super::storage::Bytes;
+use crate::bytes::{ByteReader, ByteWriter};
+use crate::error::{Error, Result};
+use crate::format::{read_header, write_header, Kind};
+use crate::quantizer::{Mode, ScaleMode};
+use memmap2::Mmap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Version of the index section written by this build.
+pub const INDEX_VERSION: u8 = 1;
+
+fn metric_code(m: Metric) -> u8 {
+    match m {
+        Metric::InnerProduct => 0,
+        Metric::Cosine => 1,
+        Metric::L2 => 2,
+    }
+}
+
+fn corrupt(msg: impl Into<String>) -> Error {
+    Error::Corrupt(msg.into())
+}
+
+impl Index {
+    /// The index as bytes (the file format above).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = ByteWriter::new();
+        write_header(&mut w, Kind::Index, &self.quantizer);
+        w.u8(INDEX_VERSION)
+            .u8(metric_code(self.metric))
+            .u8(self.rerank as u8);
+        w.u64(self.ids.len() as u64).u64(self.next_id);
+        for &id in &self.ids {
+            w.u64(id);
+        }
+        for &word in &self.dead {
+            w.u64(word);
+        }
+        w.f32s(&self.scales).f32s(&self.sq_norms);
+        w.bytes(self.codes.as_slice())
+            .bytes(self.originals.as_slice());
+        w.finish_with_crc()
+    }
+
+    /// Rebuilds an index from [`Index::to_bytes`] (copies the data).
+    pub fn from_bytes(data: &[u8]) -> Result<Index> {
+        parse(data, |r| Bytes::Owned(data[r].to_vec()))
+    }
+
+    /// Writes the index to `path` (through a temporary file renamed into place).
+    ///
+    /// ```
+    /// use turboquant::search::{Filter, Index, IndexOptions};
+    /// let mut index = Index::new(16, IndexOptions::default())?;
+    /// index.add_with_ids(&[0.5; 32], &[7, 9])?;
+    /// let path = std::env::temp_dir().join("turboquant_doc_index.tqi");
+    /// index.save(&path)?;
+    /// let back = Index::load(&path, true)?;
+    /// assert_eq!(back.search(&[0.5; 16], 2, &Filter::All)?, index.search(&[0.5; 16], 2, &Filter::All)?);
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), turboquant::Error>(())
+    /// ```
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, self.to_bytes())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Reads an index file; with `mmap` the code blocks (and originals) are served from a
+    /// read-only mapping of the file, which must not be modified while the index lives.
+    /// Adding to a mapped index first copies the blocks to memory.
+    pub fn load(path: impl AsRef<Path>, mmap: bool) -> Result<Index> {
+        let file = std::fs::File::open(path)?;
+        if !mmap {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut data)?;
+            return Index::from_bytes(&data);
+        }
+        // SAFETY: the mapping is read-only and private to this index; the documented contract is
+        // that the file is not modified while mapped (as for every mmap-based index format).
+        let map = Arc::new(unsafe { Mmap::map(&file)? });
+        parse(&map[..], |r| Bytes::Mapped(Arc::clone(&map), r))
+    }
+}
+
+/// Parses the format; `bytes` turns a range of `data` into a buffer (copy or mapping).
+fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
+    let mut r = ByteReader::with_crc(data)?;
+    let body = data.len() - 4;
+    let q = read_header(&mut r, Kind::Index)?;
+    if q.mode() != Mode::Mse || q.scale_mode() != ScaleMode::Proj {
+        return Err(corrupt(
+            "index quantizer must be MSE mode with the proj scale",
+        ));
+    }
+    let v = r.u8()?;
+    if v != INDEX_VERSION {
+        return Err(corrupt(format!(
+            "index version {v}, this build reads {INDEX_VERSION}"
+        )));
+    }
+    let metric = match r.u8()? {
+        0 => Metric::InnerProduct,
+        1 => Metric::Cosine,
+        2 => Metric::L2,
+        m => return Err(corrupt(format!("unknown metric {m}"))),
+    };
+    let rerank = match r.u8()? {
+        0 => false,
+        1 => true,
+        x => return Err(corrupt(format!("bad rerank flag {x}"))),
+    };
+    let n = r.len(12)?;
+    if u32::try_from(n).is_err() {
+        return Err(corrupt("too many slots"));
+    }
+    let next_id = r.u64()?;
+    let mut ix = Index::empty(q, metric, rerank);
+    ix.next_id = next_id;
+    ix.ids = r
+        .bytes(8 * n)?
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    ix.dead = r
+        .bytes(8 * n.div_ceil(64))?
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    ix.scales = r.f32s(n)?;
+    ix.sq_norms = r.f32s(if metric == Metric::L2 { n } else { 0 })?;
+    if ix.scales.iter().chain(&ix.sq_norms).any(|v| !v.is_finite()) {
+        return Err(corrupt("non-finite scale or norm"));
+    }
+    let mut section = |count: usize, unit: usize| {
+        let len = count
+            .checked_mul(unit)
+            .ok_or_else(|| corrupt("index data size overflows"))?;
+        let start = body - r.remaining();
+        r.bytes(len)?;
+        Ok::<_, Error>(bytes(start..start + len))
+    };
+    ix.codes = section(n.div_ceil(BLOCK), ix.layout.block_bytes())?;
+    if rerank {
+        ix.originals = section(n, 2 * ix.dim())?;
+    }
+    r.finish()?;
+    ix.slots.reserve(n);
+    for (s, &id) in ix.ids.iter().enumerate() {
+        let dead = ix.dead[s / 64] >> (s % 64) & 1 == 1;
+        if id > MAX_ID || id >= next_id {
+            return Err(corrupt(format!("id {id} out of range")));
+        }
+        if !dead && ix.slots.insert(id, s as u32).is_some() {
+            return Err(corrupt(format!("duplicate id {id}")));
+        }
+    }
+    if n % 64 != 0 && ix.dead.last().is_some_and(|&w| w >> (n % 64) != 0) {
+        return Err(corrupt("tombstone bits past the last slot"));
+    }
+    check_unused_slots_zero(&ix, n)?;
+    Ok(ix)
+}
+
+/// The slots past `n` in the last block must hold zero codes (later adds OR into them).
+fn check_unused_slots_zero(ix: &Index, n: usize) -> Result<()> {
+    if n % BLOCK == 0 {
+        return Ok(());
+    }
+    let bb = ix.layout.block_bytes();
+    let codes = ix.codes.as_slice();
+    let last = &codes[codes.len() - bb..];
+    for v in n % BLOCK..BLOCK {
+        let nonzero = match ix.layout {
+            super::layout::Layout::Rows { row_bytes, .. } => last
+                [v * row_bytes..(v + 1) * row_bytes]
+                .iter()
+                .any(|&b| b != 0),
+            layout => (0..layout.groups()).any(|g| layout.group_code(last, v, g) != 0),
+        };
+        if nonzero {
+            return Err(corrupt("unused slots hold codes"));
+        }
+    }
+    Ok(())
+}

@@ -17,31 +17,29 @@ pub const fn row_bytes(dim: usize, bits: u8) -> usize {
 
 /// Packs `codes` (each `< 2^bits`) into `out` (`row_bytes(codes.len(), bits)` bytes).
 pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
+    pack_from(codes.len(), bits, out, |j| codes[j]);
+}
+
+/// Packs column `lane` of a coordinate-major code block (`block[j][lane]` is code `j` of
+/// that vector) into `out`, without materializing the row.
+pub fn pack_lane<const L: usize>(block: &[[u8; L]], lane: usize, bits: u8, out: &mut [u8]) {
+    pack_from(block.len(), bits, out, |j| block[j][lane]);
+}
+
+/// The layout, once: groups of 8 codes → `b` little-endian bytes; a partial last group
+/// fills the remaining bytes.
+#[inline(always)]
+fn pack_from(dim: usize, bits: u8, out: &mut [u8], code: impl Fn(usize) -> u8) {
     let b = bits as usize;
-    debug_assert_eq!(out.len(), row_bytes(codes.len(), bits));
-    if b == 8 {
-        out.copy_from_slice(codes);
-        return;
-    }
+    debug_assert_eq!(out.len(), row_bytes(dim, bits));
     let mask = (1u64 << b) - 1;
-    let mut groups = codes.chunks_exact(8);
-    let mut o = 0;
-    for g in &mut groups {
+    for (g, dst) in out.chunks_mut(b).enumerate() {
+        let start = g * 8;
         let mut acc = 0u64;
-        for (i, &c) in g.iter().enumerate() {
-            acc |= (c as u64 & mask) << (i * b);
+        for i in 0..(dim - start).min(8) {
+            acc |= (code(start + i) as u64 & mask) << (i * b);
         }
-        out[o..o + b].copy_from_slice(&acc.to_le_bytes()[..b]);
-        o += b;
-    }
-    let tail = groups.remainder();
-    if !tail.is_empty() {
-        let mut acc = 0u64;
-        for (i, &c) in tail.iter().enumerate() {
-            acc |= (c as u64 & mask) << (i * b);
-        }
-        let n = out.len() - o;
-        out[o..].copy_from_slice(&acc.to_le_bytes()[..n]);
+        dst.copy_from_slice(&acc.to_le_bytes()[..dst.len()]);
     }
 }
 

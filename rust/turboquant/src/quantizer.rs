@@ -19,10 +19,12 @@
 
 use crate::codebook::{self, Codebook};
 use crate::error::{Error, Result};
-use crate::packing::{pack_row, row_bytes, unpack_row};
+use crate::packing::{pack_lane, pack_row, row_bytes, unpack_row};
 use crate::parallel;
 use crate::rotation::Rotation;
-use crate::simd::{kernels, SimdLevel};
+use crate::simd::kernels::{self, LANES};
+use crate::simd::lanes::{self, Lanes};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -152,9 +154,31 @@ impl BatchView<'_> {
     }
 }
 
-/// Per-thread scratch buffers for encoding and decoding one row.
+/// Per-thread scratch of [`Quantizer::encode_block`].
+struct BlockScratch {
+    x: Vec<Lanes>,
+    values: Vec<Lanes>,
+    resid: Vec<Lanes>,
+    perm: Vec<Lanes>,
+    codes: Vec<[u8; LANES]>,
+    row: Vec<u8>,
+}
+
+impl BlockScratch {
+    fn new(dim: usize) -> Self {
+        BlockScratch {
+            x: vec![[0.0; LANES]; dim],
+            values: vec![[0.0; LANES]; dim],
+            resid: vec![[0.0; LANES]; dim],
+            perm: Vec::with_capacity(dim),
+            codes: vec![[0; LANES]; dim],
+            row: vec![0; dim],
+        }
+    }
+}
+
+/// Per-thread scratch buffers for decoding one row.
 struct Scratch {
-    rotated: Vec<f32>,
     work: Vec<f32>,
     codes: Vec<u8>,
 }
@@ -162,7 +186,6 @@ struct Scratch {
 impl Scratch {
     fn new(dim: usize) -> Self {
         Scratch {
-            rotated: vec![0.0; dim],
             work: vec![0.0; dim],
             codes: vec![0; dim],
         }
@@ -314,52 +337,53 @@ impl Quantizer {
     /// Quantizes at an explicit SIMD level (parity tests and benchmarks).
     pub fn quantize_at(&self, level: SimdLevel, x: &[f32]) -> Result<QuantizedBatch> {
         let n = self.rows(x.len(), "input")?;
-        let (cb, sb) = (self.code_bytes(), self.sign_bytes());
+        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        let prod = self.qjl.is_some();
         let mut out = QuantizedBatch {
             n,
             codes: vec![0; n * cb],
             scales: vec![0.0; n],
             qjl_signs: vec![0; n * sb],
-            residual_norms: vec![0.0; if self.qjl.is_some() { n } else { 0 }],
+            residual_norms: vec![0.0; if prod { n } else { 0 }],
         };
-        let chunk = parallel::rows_per_task(n);
-        let d = self.dim;
+        // Tasks hold whole blocks of LANES vectors.
+        let chunk = parallel::rows_per_task(n).div_ceil(LANES) * LANES;
+        let tasks = n.div_ceil(chunk);
+        let mut sign_chunks: Vec<&mut [u8]> = out.qjl_signs.chunks_mut(chunk * sb.max(1)).collect();
+        let mut rnorm_chunks: Vec<&mut [f32]> = out.residual_norms.chunks_mut(chunk).collect();
+        sign_chunks.resize_with(tasks, Default::default);
+        rnorm_chunks.resize_with(tasks, Default::default);
         parallel::install(|| {
-            let mut rnorm_chunks: Vec<&mut [f32]> = if self.qjl.is_some() {
-                out.residual_norms.chunks_mut(chunk).collect()
-            } else {
-                (0..n.div_ceil(chunk)).map(|_| &mut [][..]).collect()
-            };
-            let mut sign_chunks: Vec<&mut [u8]> = if sb > 0 {
-                out.qjl_signs.chunks_mut(chunk * sb).collect()
-            } else {
-                (0..n.div_ceil(chunk)).map(|_| &mut [][..]).collect()
-            };
             x.par_chunks(chunk * d)
                 .zip(out.codes.par_chunks_mut(chunk * cb))
                 .zip(out.scales.par_chunks_mut(chunk))
                 .zip(sign_chunks.par_iter_mut())
                 .zip(rnorm_chunks.par_iter_mut())
                 .try_for_each_init(
-                    || Scratch::new(d),
+                    || BlockScratch::new(d),
                     |scratch, ((((xs, codes), scales), signs), rnorms)| {
-                        for (i, row) in xs.chunks_exact(d).enumerate() {
-                            let sign_row = if sb > 0 {
-                                &mut signs[i * sb..(i + 1) * sb]
+                        for (b, rows) in xs.chunks(LANES * d).enumerate() {
+                            let m = rows.len() / d;
+                            let r = b * LANES..b * LANES + m;
+                            let block_signs = if prod {
+                                &mut signs[r.start * sb..r.end * sb]
                             } else {
                                 &mut [][..]
                             };
-                            let (s, r) = self.encode_row(
+                            let block_rnorms = if prod {
+                                &mut rnorms[r.clone()]
+                            } else {
+                                &mut [][..]
+                            };
+                            self.encode_block(
                                 level,
-                                row,
+                                rows,
                                 scratch,
-                                &mut codes[i * cb..(i + 1) * cb],
-                                sign_row,
+                                &mut codes[r.start * cb..r.end * cb],
+                                &mut scales[r],
+                                block_signs,
+                                block_rnorms,
                             )?;
-                            scales[i] = s;
-                            if let Some(slot) = rnorms.get_mut(i) {
-                                *slot = r;
-                            }
                         }
                         Ok::<(), Error>(())
                     },
@@ -368,58 +392,78 @@ impl Quantizer {
         Ok(out)
     }
 
-    /// Encodes one vector: writes packed codes (and signs), returns (scale, residual norm).
-    fn encode_row(
+    /// Encodes up to [`LANES`] vectors at once in the coordinate-major layout of
+    /// [`crate::simd::lanes`]: writes packed codes, scales (and signs, residual norms).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_block(
         &self,
         level: SimdLevel,
-        x: &[f32],
-        s: &mut Scratch,
+        rows: &[f32],
+        s: &mut BlockScratch,
         codes_out: &mut [u8],
+        scales_out: &mut [f32],
         signs_out: &mut [u8],
-    ) -> Result<(f32, f32)> {
-        let cb = &self.codebook;
-        let nsq = kernels::sum_squares(level, x);
-        let norm = nsq.sqrt();
-        if !norm.is_finite() {
+        rnorms_out: &mut [f32],
+    ) -> Result<()> {
+        let (d, cb) = (self.dim, &self.codebook);
+        let m = rows.len() / d;
+        lanes::load_rows(level, rows, d, &mut s.x);
+        let nsq = lanes::dot_lanes(level, &s.x, &s.x);
+        let norm = nsq.map(f32::sqrt);
+        if norm[..m].iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite(
                 "input holds NaN or Inf (or a vector whose squared norm overflows float32)".into(),
             ));
         }
-        s.rotated.copy_from_slice(x);
-        self.rotation.apply_at(level, &mut s.rotated);
-        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-        if cb.bits() <= 4 {
-            kernels::encode_linear(level, &s.rotated, inv, cb.boundaries(), &mut s.codes);
-        } else {
-            kernels::encode_binary(level, &s.rotated, inv, cb.boundaries(), &mut s.codes);
-        }
-        pack_row(&s.codes, cb.bits(), codes_out);
-        let (dot, sq) =
-            kernels::reconstruction_moments(level, &s.rotated, &s.codes, cb.centroids());
+        self.rotation.apply_lanes_at(level, &mut s.x, &mut s.perm);
+        let inv = norm.map(|v| if v > 0.0 { 1.0 / v } else { 0.0 });
         // dot = ‖x‖·⟨y, ĉ⟩, sq = ‖ĉ‖²
-        let scale = if norm == 0.0 || dot <= 0.0 || sq <= 0.0 {
-            norm
-        } else {
-            match self.scale_mode {
-                ScaleMode::Norm => norm,
-                ScaleMode::Lsq => dot / sq,
-                ScaleMode::Proj => nsq / dot,
-            }
-        };
+        let (dot, sq) = lanes::encode_lanes(
+            level,
+            &s.x,
+            &inv,
+            cb.boundaries(),
+            cb.centroids(),
+            &mut s.codes,
+            &mut s.values,
+        );
+        let mut scale = [0.0f32; LANES];
+        for l in 0..LANES {
+            scale[l] = if norm[l] == 0.0 || dot[l] <= 0.0 || sq[l] <= 0.0 {
+                norm[l]
+            } else {
+                match self.scale_mode {
+                    ScaleMode::Norm => norm[l],
+                    ScaleMode::Lsq => dot[l] / sq[l],
+                    ScaleMode::Proj => nsq[l] / dot[l],
+                }
+            };
+        }
+        scales_out.copy_from_slice(&scale[..m]);
+        let bytes = self.code_bytes();
+        for l in 0..m {
+            pack_lane(
+                &s.codes,
+                l,
+                cb.bits(),
+                &mut codes_out[l * bytes..(l + 1) * bytes],
+            );
+        }
         let Some(qjl) = &self.qjl else {
-            return Ok((scale, 0.0));
+            return Ok(());
         };
-        kernels::decode_scaled(level, &s.codes, cb.centroids(), scale, &mut s.work);
-        for (w, &r) in s.work.iter_mut().zip(&s.rotated) {
-            *w = r - *w;
+        lanes::residual_lanes(level, &s.x, &s.values, &scale, &mut s.resid);
+        let rsq = lanes::dot_lanes(level, &s.resid, &s.resid);
+        rnorms_out.copy_from_slice(&rsq.map(f32::sqrt)[..m]);
+        qjl.apply_lanes_at(level, &mut s.resid, &mut s.perm);
+        let sb = self.sign_bytes();
+        for l in 0..m {
+            for (r, v) in s.row.iter_mut().zip(&s.resid) {
+                *r = (v[l] >= 0.0) as u8;
+            }
+            pack_row(&s.row, 1, &mut signs_out[l * sb..(l + 1) * sb]);
         }
-        let rnorm = kernels::sum_squares(level, &s.work).sqrt();
-        qjl.apply_at(level, &mut s.work);
-        for (c, &w) in s.codes.iter_mut().zip(&s.work) {
-            *c = (w >= 0.0) as u8;
-        }
-        pack_row(&s.codes, 1, signs_out);
-        Ok((scale, rnorm))
+        Ok(())
     }
 
     /// Reconstructs `view.n` vectors into `out` (`n × dim`).

@@ -21,6 +21,7 @@
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::simd::lanes::{self, Lanes};
 use crate::simd::{kernels, SimdLevel};
 use std::cell::RefCell;
 
@@ -128,6 +129,28 @@ impl Rotation {
             }
             kernels::fwht_scaled(level, &mut x[..p], self.scale);
             kernels::mul_assign(level, x, &self.signs[r * d..(r + 1) * d]);
+        }
+    }
+
+    /// `R` applied to each lane of a coordinate-major block of vectors (`block.len() == dim`);
+    /// bit-identical to [`Self::apply_at`] on each vector. The permutations gather into
+    /// `spare` and swap the two buffers (no copies); `spare` is resized as needed.
+    pub fn apply_lanes_at(&self, level: SimdLevel, block: &mut Vec<Lanes>, spare: &mut Vec<Lanes>) {
+        debug_assert_eq!(block.len(), self.dim);
+        let (d, p) = (self.dim, self.block);
+        for r in 0..ROUNDS {
+            lanes::mul_lanes(level, block, &self.signs[r * d..(r + 1) * d]);
+            lanes::fwht_lanes(level, &mut block[..p], self.scale);
+            if d > p {
+                spare.clear();
+                spare.extend(
+                    self.perms[r * d..(r + 1) * d]
+                        .iter()
+                        .map(|&src| block[src as usize]),
+                );
+                std::mem::swap(block, spare);
+                lanes::fwht_lanes(level, &mut block[d - p..], self.scale);
+            }
         }
     }
 

@@ -59,3 +59,28 @@ fn quantizer_output_is_bit_exact_across_levels() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+#[test]
+fn block_rotation_equals_one_vector_rotation() {
+    use turboquant::simd::kernels::LANES;
+    for d in [64usize, 96, 384, 1000] {
+        let rot = Rotation::new(d, 2, 1).unwrap();
+        let x = gaussian(LANES, d, 3);
+        let mut block = vec![[0.0f32; LANES]; d];
+        for j in 0..d {
+            for l in 0..LANES {
+                block[j][l] = x[l * d + j];
+            }
+        }
+        for level in SimdLevel::available() {
+            let mut b = block.clone();
+            rot.apply_lanes_at(level, &mut b, &mut Vec::new());
+            for l in 0..LANES {
+                let mut row = x[l * d..(l + 1) * d].to_vec();
+                rot.apply_at(SimdLevel::Scalar, &mut row);
+                let lane: Vec<f32> = b.iter().map(|r| r[l]).collect();
+                assert_eq!(bits(&lane), bits(&row), "d={d} lane {l} {level:?}");
+            }
+        }
+    }
+}

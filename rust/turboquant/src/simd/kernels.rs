@@ -101,55 +101,6 @@ pub fn sum_squares(level: SimdLevel, x: &[f32]) -> f32 {
 }
 
 multiversion! {
-    /// Codes for `b ≤ 4`: `code[i]` = number of `boundaries` strictly below `y[i]·inv`.
-    pub fn encode_linear(y: &[f32], inv: f32, boundaries: &[f32], codes: &mut [u8]) {
-        for (c, &v) in codes.iter_mut().zip(y) {
-            let v = v * inv;
-            let mut n = 0u8;
-            for &t in boundaries {
-                n += (t < v) as u8;
-            }
-            *c = n;
-        }
-    }
-}
-
-multiversion! {
-    /// Codes for any `b`: branchless binary search over `2^b − 1` sorted `boundaries`,
-    /// same result as [`encode_linear`].
-    pub fn encode_binary(y: &[f32], inv: f32, boundaries: &[f32], codes: &mut [u8]) {
-        let k = boundaries.len() + 1;
-        for (c, &v) in codes.iter_mut().zip(y) {
-            let v = v * inv;
-            let mut idx = 0usize;
-            let mut step = k / 2;
-            while step > 0 {
-                if boundaries[idx + step - 1] < v {
-                    idx += step;
-                }
-                step /= 2;
-            }
-            *c = idx as u8;
-        }
-    }
-}
-
-multiversion! {
-    /// `(Σ y[i]·c[code[i]], Σ c[code[i]]²)`: the projection of the unit rotated vector on its
-    /// reconstruction and the reconstruction's squared norm (for the scale corrections).
-    pub fn reconstruction_moments(y: &[f32], codes: &[u8], centroids: &[f32]) -> (f32, f32) {
-        let mut dot = [0.0f32; LANES];
-        let mut sq = [0.0f32; LANES];
-        for (i, (&v, &c)) in y.iter().zip(codes).enumerate() {
-            let q = centroids[c as usize];
-            dot[i % LANES] += v * q;
-            sq[i % LANES] += q * q;
-        }
-        (tree_sum(dot), tree_sum(sq))
-    }
-}
-
-multiversion! {
     /// `out[i] = scale · centroids[codes[i]]` (decode into the rotated domain).
     pub fn decode_scaled(codes: &[u8], centroids: &[f32], scale: f32, out: &mut [f32]) {
         for (o, &c) in out.iter_mut().zip(codes) {

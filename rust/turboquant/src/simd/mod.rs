@@ -11,6 +11,7 @@
 //! Set `TURBOQUANT_SIMD=scalar|avx2|avx512` to cap the level (for tests and comparisons).
 
 pub mod kernels;
+pub mod lanes;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,536 @@
+//! Kernels over blocks of [`LANES`] vectors stored coordinate-major (`block[j][l]` is
+//! coordinate `j` of vector `l`): every operation is one vertical SIMD operation on a whole
+//! coordinate row, with no shuffles, whatever the dimension. Per vector they perform exactly
+//! the arithmetic of the one-vector kernels in [`super::kernels`] (same butterflies, same
+//! summation order, no fused multiply-add), so both layouts give bit-identical results.
+//!
+//! Each kernel is written once over the [`Row`] trait and instantiated three times: plain
+//! arrays (portable), two AVX2 registers, one AVX-512 register. (Leaving this to the
+//! autovectorizer made it vectorize the wrong loop, with gathers, 8× slower than scalar.)
+
+use super::kernels::LANES;
+use super::SimdLevel;
+
+/// One coordinate of `LANES` vectors.
+pub type Lanes = [f32; LANES];
+
+/// A register-held coordinate row of `LANES` values.
+trait Row: Copy {
+    fn load(p: &Lanes) -> Self;
+    fn store(self, p: &mut Lanes);
+    fn splat(v: f32) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    /// Per lane: `if self < than { yes } else { no }`.
+    fn select_lt(self, than: Self, yes: Self, no: Self) -> Self;
+    /// Lanes holding small whole numbers (codes) as bytes.
+    fn to_bytes(self) -> [u8; LANES] {
+        let mut f = [0.0f32; LANES];
+        self.store(&mut f);
+        f.map(|v| v as u8)
+    }
+    /// `out[j][l] = rows[l·dim + j]` for the `m = rows.len()/dim ≤ LANES` rows, zero beyond.
+    #[inline(always)]
+    fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
+        let m = rows.len() / dim;
+        for (l, row) in rows.chunks_exact(dim).enumerate() {
+            for (lane, &v) in out.iter_mut().zip(row) {
+                lane[l] = v;
+            }
+        }
+        for lane in out.iter_mut() {
+            lane[m..].fill(0.0);
+        }
+    }
+    /// For a full 16-entry codebook: `(code, centroid)` per lane of the scaled coordinates `y`,
+    /// code = number of `boundaries` strictly below. The default is a compare-and-select sweep.
+    #[inline(always)]
+    fn encode16(y: Self, boundaries: &[f32], centroids: &[f32]) -> (Self, Self) {
+        sweep(y, boundaries, centroids)
+    }
+}
+
+/// The compare-and-select sweep over sorted `boundaries`: `(code, centroid)` per lane.
+#[inline(always)]
+fn sweep<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> (R, R) {
+    let (one, zero) = (R::splat(1.0), R::splat(0.0));
+    let mut code = zero;
+    let mut val = R::splat(centroids[0]);
+    for (k, &t) in boundaries.iter().enumerate() {
+        let t = R::splat(t);
+        code = code.add(t.select_lt(y, one, zero));
+        val = t.select_lt(y, R::splat(centroids[k + 1]), val);
+    }
+    (code, val)
+}
+
+#[derive(Clone, Copy)]
+struct Portable(Lanes);
+
+impl Row for Portable {
+    #[inline(always)]
+    fn load(p: &Lanes) -> Self {
+        Portable(*p)
+    }
+    #[inline(always)]
+    fn store(self, p: &mut Lanes) {
+        *p = self.0;
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        Portable([v; LANES])
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l] + o.0[l]))
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l] - o.0[l]))
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l] * o.0[l]))
+    }
+    #[inline(always)]
+    fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
+        Portable(std::array::from_fn(|l| {
+            if self.0[l] < than.0[l] {
+                yes.0[l]
+            } else {
+                no.0[l]
+            }
+        }))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The register types. Their methods are only ever inlined into functions compiled with
+    //! the matching `#[target_feature]` (the dispatchers below), never called elsewhere.
+    use super::{Lanes, Row};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256, __m256);
+
+    impl Row for Avx2 {
+        #[inline(always)]
+        fn load(p: &Lanes) -> Self {
+            // SAFETY: `p` is 16 readable f32; AVX is enabled in every caller (avx2 dispatcher).
+            unsafe {
+                Avx2(
+                    _mm256_loadu_ps(p.as_ptr()),
+                    _mm256_loadu_ps(p.as_ptr().add(8)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn store(self, p: &mut Lanes) {
+            // SAFETY: `p` is 16 writable f32; AVX is enabled in every caller.
+            unsafe {
+                _mm256_storeu_ps(p.as_mut_ptr(), self.0);
+                _mm256_storeu_ps(p.as_mut_ptr().add(8), self.1);
+            }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY: AVX is enabled in every caller.
+            unsafe { Avx2(_mm256_set1_ps(v), _mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            // SAFETY: AVX is enabled in every caller.
+            unsafe { Avx2(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            // SAFETY: AVX is enabled in every caller.
+            unsafe { Avx2(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            // SAFETY: AVX is enabled in every caller.
+            unsafe { Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
+            // SAFETY: AVX is enabled in every caller.
+            unsafe {
+                let m0 = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, than.0);
+                let m1 = _mm256_cmp_ps::<_CMP_LT_OQ>(self.1, than.1);
+                Avx2(
+                    _mm256_blendv_ps(no.0, yes.0, m0),
+                    _mm256_blendv_ps(no.1, yes.1, m1),
+                )
+            }
+        }
+    }
+
+    /// Transposes a 16×16 tile of f32 held in 16 registers (row `l` in, column `l` out).
+    #[inline(always)]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // SAFETY: only inlined into AVX-512F functions (see the module doc).
+        unsafe {
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for i in 0..4 {
+                let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+                u[4 * i] =
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+                u[4 * i + 1] =
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+                u[4 * i + 2] =
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+                u[4 * i + 3] =
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+            }
+            let mut v = [_mm512_setzero_ps(); 16];
+            for h in 0..2 {
+                for i in 0..4 {
+                    v[8 * h + i] = _mm512_shuffle_f32x4::<0x88>(u[8 * h + i], u[8 * h + 4 + i]);
+                    v[8 * h + 4 + i] = _mm512_shuffle_f32x4::<0xdd>(u[8 * h + i], u[8 * h + 4 + i]);
+                }
+            }
+            let mut out = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                out[i] = _mm512_shuffle_f32x4::<0x88>(v[i], v[8 + i]);
+                out[8 + i] = _mm512_shuffle_f32x4::<0xdd>(v[i], v[8 + i]);
+            }
+            out
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Row for Avx512 {
+        #[inline(always)]
+        fn load(p: &Lanes) -> Self {
+            // SAFETY: `p` is 16 readable f32; AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_loadu_ps(p.as_ptr())) }
+        }
+        #[inline(always)]
+        fn store(self, p: &mut Lanes) {
+            // SAFETY: `p` is 16 writable f32; AVX-512F is enabled in every caller.
+            unsafe { _mm512_storeu_ps(p.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe {
+                let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, than.0);
+                Avx512(_mm512_mask_blend_ps(m, no.0, yes.0))
+            }
+        }
+        #[inline(always)]
+        fn to_bytes(self) -> [u8; 16] {
+            let mut out = [0u8; 16];
+            // SAFETY: AVX-512F is enabled in every caller; `out` has 16 writable bytes.
+            unsafe {
+                let v = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(self.0));
+                _mm_storeu_si128(out.as_mut_ptr().cast(), v);
+            }
+            out
+        }
+        #[inline(always)]
+        fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
+            let m = rows.len() / dim;
+            if m < 16 {
+                // partial blocks and huge dims: the portable path
+                for (l, row) in rows.chunks_exact(dim).enumerate() {
+                    for (lane, &v) in out.iter_mut().zip(row) {
+                        lane[l] = v;
+                    }
+                }
+                for lane in out.iter_mut() {
+                    lane[m..].fill(0.0);
+                }
+                return;
+            }
+            // Whole 16×16 tiles are transposed in registers; a dim tail goes the portable way.
+            let tiles = dim / 16;
+            for t in 0..tiles {
+                // SAFETY: AVX-512F is enabled in every caller. Row l of the tile reads
+                // rows[l·dim + 16t .. +16] (inside `rows`, as m = 16 and 16t + 16 ≤ dim) and
+                // writes out[16t .. 16t + 16] (inside `out`, whose length is dim).
+                unsafe {
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (l, reg) in r.iter_mut().enumerate() {
+                        *reg = _mm512_loadu_ps(rows.as_ptr().add(l * dim + 16 * t));
+                    }
+                    let r = transpose16(r);
+                    for (k, reg) in r.iter().enumerate() {
+                        _mm512_storeu_ps(out[16 * t + k].as_mut_ptr(), *reg);
+                    }
+                }
+            }
+            for j in tiles * 16..dim {
+                for l in 0..16 {
+                    out[j][l] = rows[l * dim + j];
+                }
+            }
+        }
+        #[inline(always)]
+        fn encode16(y: Self, boundaries: &[f32], centroids: &[f32]) -> (Self, Self) {
+            // Branchless binary search with in-register 16-entry table lookups (vpermps):
+            // the same count of boundaries below `y` as the sweep, in 4 steps instead of 15.
+            debug_assert_eq!((boundaries.len(), centroids.len()), (15, 16));
+            let mut padded = [f32::INFINITY; 16];
+            padded[..15].copy_from_slice(boundaries);
+            // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each.
+            unsafe {
+                let table = _mm512_loadu_ps(padded.as_ptr());
+                let mut idx = _mm512_setzero_si512();
+                for step in [8, 4, 2, 1] {
+                    let probe = _mm512_add_epi32(idx, _mm512_set1_epi32(step - 1));
+                    let t = _mm512_permutexvar_ps(probe, table);
+                    let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, y.0);
+                    idx = _mm512_mask_add_epi32(idx, m, idx, _mm512_set1_epi32(step));
+                }
+                let val = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(centroids.as_ptr()));
+                (Avx512(_mm512_cvtepi32_ps(idx)), Avx512(val))
+            }
+        }
+    }
+}
+
+/// Defines `pub fn $name(level, args…)` running `$body` with `R` bound to the best [`Row`].
+macro_rules! lane_kernel {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<R: Row>($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) $(-> $ret)? { body::<x86::Avx2>($($arg),*) }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            fn avx512($($arg: $ty),*) $(-> $ret)? { body::<x86::Avx512>($($arg),*) }
+
+            match level.supported() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `supported()` never returns a level above what the CPU reported.
+                SimdLevel::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above, AVX2 and FMA were detected at run time.
+                SimdLevel::Avx2 => unsafe { avx2($($arg),*) },
+                _ => body::<Portable>($($arg),*),
+            }
+        }
+    };
+}
+
+/// Butterfly stages `h, 2h, …` (`S` of them) over every group of `2^S` rows `h` apart, held in
+/// registers; the last pass also applies `scale`. Same per-element operations as one stage at
+/// a time, in the same order, with `S`× fewer trips through memory.
+#[inline(always)]
+fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, scale: Option<R>) {
+    let width = 1usize << S;
+    for base in (0..x.len()).step_by(width * h) {
+        for i in base..base + h {
+            let mut r: [R; 8] = [R::splat(0.0); 8];
+            for (k, slot) in r.iter_mut().enumerate().take(width) {
+                *slot = R::load(&x[i + k * h]);
+            }
+            for stage in 0..S {
+                let span = 1usize << stage;
+                for k in 0..width {
+                    if k & span == 0 {
+                        let (p, q) = (r[k], r[k + span]);
+                        r[k] = p.add(q);
+                        r[k + span] = p.sub(q);
+                    }
+                }
+            }
+            for (k, v) in r.iter().enumerate().take(width) {
+                let v = match scale {
+                    Some(s) => v.mul(s),
+                    None => *v,
+                };
+                v.store(&mut x[i + k * h]);
+            }
+        }
+    }
+}
+
+lane_kernel! {
+    /// Unnormalized Walsh-Hadamard transform of each lane over `x.len()` (a power of two)
+    /// coordinates, then `× scale`.
+    pub fn fwht_lanes(x: &mut [Lanes], scale: f32) {
+        let n = x.len();
+        let stages = n.trailing_zeros() as usize;
+        let mut h = 1;
+        let mut done = 0;
+        while done < stages {
+            let take = (stages - done).min(3);
+            let last = done + take == stages;
+            let s = if last && scale != 1.0 { Some(R::splat(scale)) } else { None };
+            match take {
+                3 => radix_pass::<R, 3>(x, h, s),
+                2 => radix_pass::<R, 2>(x, h, s),
+                _ => radix_pass::<R, 1>(x, h, s),
+            }
+            h <<= take;
+            done += take;
+        }
+        if stages == 0 && scale != 1.0 {
+            for r in x.iter_mut() {
+                R::load(r).mul(R::splat(scale)).store(r);
+            }
+        }
+    }
+}
+
+lane_kernel! {
+    /// Transposes up to `LANES` row-major vectors of `dim` into the coordinate-major block.
+    pub fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
+        R::load_rows(rows, dim, out)
+    }
+}
+
+lane_kernel! {
+    /// `x[j][l] *= s[j]`.
+    pub fn mul_lanes(x: &mut [Lanes], s: &[f32]) {
+        for (r, &m) in x.iter_mut().zip(s) {
+            R::load(r).mul(R::splat(m)).store(r);
+        }
+    }
+}
+
+lane_kernel! {
+    /// Per lane `Σ_j a[j][l]·b[j][l]`, summed as [`super::kernels::dot`] sums one vector
+    /// (`LANES` partial sums by `j mod LANES`, then a fixed halving tree).
+    pub fn dot_lanes(a: &[Lanes], b: &[Lanes]) -> Lanes {
+        let mut acc = [R::splat(0.0); LANES];
+        for (j, (ra, rb)) in a.iter().zip(b).enumerate() {
+            let slot = &mut acc[j % LANES];
+            *slot = slot.add(R::load(ra).mul(R::load(rb)));
+        }
+        tree_sum(acc)
+    }
+}
+
+lane_kernel! {
+    /// Codes of `x[j][l] · inv[l]` (the number of `boundaries` strictly below), the chosen
+    /// centroid values, and per lane `(Σ x·value, Σ value²)` summed as [`dot_lanes`] sums.
+    pub fn encode_lanes(x: &[Lanes], inv: &Lanes, boundaries: &[f32], centroids: &[f32], codes: &mut [[u8; LANES]], values: &mut [Lanes]) -> (Lanes, Lanes) {
+        let inv = R::load(inv);
+        let mut dot = [R::splat(0.0); LANES];
+        let mut sq = [R::splat(0.0); LANES];
+        for (j, ((r, c), v)) in x.iter().zip(codes.iter_mut()).zip(values.iter_mut()).enumerate() {
+            let xr = R::load(r);
+            let y = xr.mul(inv);
+            let (code, val) = match centroids.len() {
+                16 => R::encode16(y, boundaries, centroids),
+                k if k < 16 => sweep(y, boundaries, centroids),
+                _ => binary_search(y, boundaries, centroids),
+            };
+            val.store(v);
+            *c = code.to_bytes();
+            dot[j % LANES] = dot[j % LANES].add(xr.mul(val));
+            sq[j % LANES] = sq[j % LANES].add(val.mul(val));
+        }
+        (tree_sum(dot), tree_sum(sq))
+    }
+}
+
+/// Per-lane branchless binary search for codebooks of 32..256 entries.
+#[inline(always)]
+fn binary_search<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> (R, R) {
+    let k = boundaries.len() + 1;
+    let mut ys = [0.0f32; LANES];
+    y.store(&mut ys);
+    let (mut code, mut val) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for l in 0..LANES {
+        let mut idx = 0usize;
+        let mut step = k / 2;
+        while step > 0 {
+            if boundaries[idx + step - 1] < ys[l] {
+                idx += step;
+            }
+            step /= 2;
+        }
+        code[l] = idx as f32;
+        val[l] = centroids[idx];
+    }
+    (R::load(&code), R::load(&val))
+}
+
+/// Sums `LANES` partial-sum rows in the fixed halving-tree order of the reductions.
+#[inline(always)]
+fn tree_sum<R: Row>(mut acc: [R; LANES]) -> Lanes {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] = acc[i].add(acc[i + width]);
+        }
+        width /= 2;
+    }
+    let mut out = [0.0; LANES];
+    acc[0].store(&mut out);
+    out
+}
+
+lane_kernel! {
+    /// `out[j][l] = x[j][l] − s[l]·values[j][l]` (the rotated residual of the MSE stage).
+    pub fn residual_lanes(x: &[Lanes], values: &[Lanes], s: &Lanes, out: &mut [Lanes]) {
+        let s = R::load(s);
+        for ((o, r), v) in out.iter_mut().zip(x).zip(values) {
+            R::load(r).sub(s.mul(R::load(v))).store(o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_rows_transposes_at_every_level() {
+        for dim in [16usize, 37, 64, 100] {
+            for m in [16usize, 5] {
+                let rows: Vec<f32> = (0..m * dim).map(|i| i as f32).collect();
+                for level in SimdLevel::available() {
+                    let mut out = vec![[f32::NAN; LANES]; dim];
+                    load_rows(level, &rows, dim, &mut out);
+                    for j in 0..dim {
+                        for l in 0..LANES {
+                            let want = if l < m { rows[l * dim + j] } else { 0.0 };
+                            assert_eq!(out[j][l], want, "dim {dim} m {m} j {j} l {l} {level:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -4,13 +4,16 @@
 //! exact `u32`, for the [`Layout::Nibble`] and [`Layout::Pair`] layouts. The scalar reference
 //! is [`portable_sums`]; the SIMD versions compute the same integers:
 //!
-//! - nibble, AVX2 / AVX-512: 2 / 4 groups per register, `pshufb` (`_mm256_shuffle_epi8` /
-//!   `_mm512_shuffle_epi8`) looks up 16-entry tables held in-register, one per 128-bit lane;
+//! - nibble, AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
+//!   in four in-register 16-entry tables, `vpdpbusd` adds each vector's four entries into a
+//!   `u32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
+//!   (`_mm256_shuffle_epi8`) per table with the other tables' bytes masked, then
+//!   `pmaddubsw` + `pmaddwd`;
 //! - pair (3-bit), AVX-512 VBMI: the 64 6-bit codes of a step are cut out of their bit stream
 //!   with `vpermb` + `vpmultishiftqb`, then `vpermt2b` looks them up in two 64-entry tables;
 //!   without VBMI the portable body runs (compiled per level).
 //!
-//! Accumulation is in `u16` lanes: a lane holds the entries of two vectors (even and odd byte);
+//! The pair kernel accumulates in `u16` lanes: a lane holds the entries of two vectors (even and odd byte);
 //! adding the raw lanes and, separately, the odd bytes (`>> 8`) gives both sums exactly
 //! (`even = raw − (odd << 8)` modulo 2^16) as long as each stays below 2^16. Flushing to `u32`
 //! every [`CHUNK`] steps (≤ 256 entries of ≤ 255 per lane) guarantees that.
@@ -27,10 +30,11 @@ multiversion! {
         *out = [0; BLOCK];
         match *layout {
             Layout::Nibble { groups, .. } => {
-                for (codes, table) in block.chunks_exact(16).zip(lut.chunks_exact(16)).take(groups) {
-                    for (i, &c) in codes.iter().enumerate() {
-                        out[i] += table[(c & 15) as usize] as u32;
-                        out[16 + i] += table[(c >> 4) as usize] as u32;
+                for (codes, tables) in block.chunks_exact(64).zip(lut.chunks_exact(64)).take(groups / 4) {
+                    for (p, &c) in codes.iter().enumerate() {
+                        let t = &tables[16 * (p % 4)..16 * (p % 4) + 16];
+                        out[p / 4] += t[(c & 15) as usize] as u32;
+                        out[16 + p / 4] += t[(c >> 4) as usize] as u32;
                     }
                 }
             }
@@ -59,15 +63,15 @@ pub fn block_sums(
     let lut = &lut[..layout.lut_bytes()];
     #[cfg(target_arch = "x86_64")]
     match (*layout, level.supported()) {
-        (Layout::Nibble { groups, .. }, SimdLevel::Avx512) => {
-            // SAFETY: AVX-512 F/BW were detected (`supported`); the slices hold `groups` groups.
-            return unsafe { x86::nibble_avx512(block, lut, groups, out) };
+        (Layout::Nibble { groups, .. }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
+            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; the slices hold `groups` groups.
+            return unsafe { x86::nibble_vnni(block, lut, groups, out) };
         }
-        (Layout::Nibble { groups, .. }, SimdLevel::Avx2) => {
+        (Layout::Nibble { groups, .. }, SimdLevel::Avx2 | SimdLevel::Avx512) => {
             // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
             return unsafe { x86::nibble_avx2(block, lut, groups, out) };
         }
-        (Layout::Pair { groups }, SimdLevel::Avx512) if x86::has_vbmi() => {
+        (Layout::Pair { groups }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
             // SAFETY: AVX-512 F/BW and VBMI were detected; the slices hold `groups` groups.
             return unsafe { x86::pair_vbmi(block, lut, groups, out) };
         }
@@ -85,107 +89,139 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    /// Whether the CPU has AVX-512 VBMI (`vpermb`, `vpermt2b`, `vpmultishiftqb`).
-    pub fn has_vbmi() -> bool {
+    /// Whether the CPU has AVX-512 VBMI (`vpermb`, `vpermt2b`, `vpmultishiftqb`) and VNNI
+    /// (`vpdpbusd`).
+    pub fn has_vbmi_vnni() -> bool {
         static V: OnceLock<bool> = OnceLock::new();
-        *V.get_or_init(|| is_x86_feature_detected!("avx512vbmi"))
+        *V.get_or_init(|| {
+            is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vnni")
+        })
     }
 
-    /// Adds the `u16` lanes of `raw`/`odd` accumulators into `out`: `u16` lane `j` of 128-bit
-    /// lane `l` holds the bytes at positions `2j, 2j + 1` of that lane, vectors `map(l, 2j)` and
-    /// `map(l, 2j + 1)`.
-    #[inline(always)]
-    fn flush(
-        raw: &[u16],
-        odd: &[u16],
-        out: &mut [u32; BLOCK],
-        map: impl Fn(usize, usize) -> usize,
-    ) {
-        for (j, (&r, &o)) in raw.iter().zip(odd).enumerate() {
-            let (lane, pos) = (j / 8, 2 * (j % 8));
-            out[map(lane, pos)] += r.wrapping_sub(o << 8) as u32;
-            out[map(lane, pos + 1)] += o as u32;
+    /// Adds 16 vector sums to `out[..16]`: `even`/`odd` hold, as 8 `u32` each, the sums of
+    /// vectors `0, 2, …, 14` and `1, 3, …, 15`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store16(even: __m256i, odd: __m256i, out: &mut [u32]) {
+        let lo = _mm256_unpacklo_epi32(even, odd); // 0 1 2 3 | 8 9 10 11
+        let hi = _mm256_unpackhi_epi32(even, odd); // 4 5 6 7 | 12 13 14 15
+        let a = _mm256_permute2x128_si256(lo, hi, 0x20);
+        let b = _mm256_permute2x128_si256(lo, hi, 0x31);
+        let dst = &mut out[..16];
+        // SAFETY: `dst` is 16 `u32` = two 32-byte vectors, read and written in bounds.
+        unsafe {
+            let p = dst.as_mut_ptr().cast::<__m256i>();
+            _mm256_storeu_si256(p, _mm256_add_epi32(_mm256_loadu_si256(p), a));
+            _mm256_storeu_si256(p.add(1), _mm256_add_epi32(_mm256_loadu_si256(p.add(1)), b));
         }
     }
 
-    /// AVX-512 nibble kernel: 4 groups (64 bytes of codes and of tables) per step.
+    /// AVX-512 VBMI + VNNI nibble kernel: one quad (4 groups × 32 vectors, 64 bytes) per step.
+    /// `vpermb` looks each nibble up in the quad's four 16-entry tables (index `16 j + code`
+    /// for byte `4 i + j`), `vpdpbusd` adds each vector's 4 entries into its `u32` lane.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and BW; `block` and `lut` hold `16 · groups` bytes and
-    /// `groups` is a multiple of 4.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn nibble_avx512(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
-        *out = [0; BLOCK];
-        let steps = groups / 4;
+    /// The CPU must support AVX-512 F/BW/VBMI/VNNI; `block` and `lut` hold `16 · groups`
+    /// bytes and `groups` is a multiple of 4.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    pub unsafe fn nibble_vnni(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
         let mask = _mm512_set1_epi8(0x0F);
-        let mut s0 = 0;
-        while s0 < steps {
-            let s1 = (s0 + CHUNK).min(steps);
-            let z = _mm512_setzero_si512();
-            let (mut lr, mut lo, mut hr, mut ho) = (z, z, z, z);
-            for s in s0..s1 {
-                // SAFETY: `64 s + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
-                let (x, t) = unsafe {
-                    (
-                        _mm512_loadu_si512(block.as_ptr().add(64 * s).cast()),
-                        _mm512_loadu_si512(lut.as_ptr().add(64 * s).cast()),
-                    )
-                };
-                let a = _mm512_shuffle_epi8(t, _mm512_and_si512(x, mask));
-                let b = _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16(x, 4), mask));
-                lr = _mm512_add_epi16(lr, a);
-                lo = _mm512_add_epi16(lo, _mm512_srli_epi16(a, 8));
-                hr = _mm512_add_epi16(hr, b);
-                ho = _mm512_add_epi16(ho, _mm512_srli_epi16(b, 8));
+        let sel = _mm512_set1_epi32(0x3020_1000);
+        let ones = _mm512_set1_epi8(1);
+        // Independent accumulators per quad mod ACC: `vpdpbusd` has a multi-cycle latency.
+        const ACC: usize = 4;
+        let mut lo = [_mm512_setzero_si512(); ACC];
+        let mut hi = lo;
+        let step = |c: usize| {
+            // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
+            let (x, t) = unsafe {
+                (
+                    _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()),
+                    _mm512_loadu_si512(lut.as_ptr().add(64 * c).cast()),
+                )
+            };
+            // (x & 0x0F) | sel, as one ternary-logic op (A & B) | C.
+            let il = _mm512_ternarylogic_epi32::<0xEA>(x, mask, sel);
+            let ih = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(x), mask, sel);
+            (
+                _mm512_permutexvar_epi8(il, t),
+                _mm512_permutexvar_epi8(ih, t),
+            )
+        };
+        let quads = groups / 4;
+        let full = quads / ACC * ACC;
+        for c0 in (0..full).step_by(ACC) {
+            for a in 0..ACC {
+                let (l, h) = step(c0 + a);
+                lo[a] = _mm512_dpbusd_epi32(lo[a], l, ones);
+                hi[a] = _mm512_dpbusd_epi32(hi[a], h, ones);
             }
-            let mut buf = [[0u16; 32]; 4];
-            for (dst, v) in buf.iter_mut().zip([lr, lo, hr, ho]) {
-                // SAFETY: `dst` is 64 writable bytes.
-                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
-            }
-            flush(&buf[0], &buf[1], out, |_, p| p);
-            flush(&buf[2], &buf[3], out, |_, p| 16 + p);
-            s0 = s1;
+        }
+        for c in full..quads {
+            let (l, h) = step(c);
+            lo[0] = _mm512_dpbusd_epi32(lo[0], l, ones);
+            hi[0] = _mm512_dpbusd_epi32(hi[0], h, ones);
+        }
+        let sum = |v: [__m512i; ACC]| {
+            _mm512_add_epi32(_mm512_add_epi32(v[0], v[1]), _mm512_add_epi32(v[2], v[3]))
+        };
+        let (lo, hi) = (sum(lo), sum(hi));
+        // SAFETY: `out` is 32 `u32` = two 64-byte vectors.
+        unsafe {
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), lo);
+            _mm512_storeu_si512(out.as_mut_ptr().add(16).cast(), hi);
         }
     }
 
-    /// AVX2 nibble kernel: 2 groups (32 bytes of codes and of tables) per step.
+    /// AVX2 nibble kernel: half a quad (8 vectors' bytes) per register; each of the quad's four
+    /// tables is looked up with `pshufb` where bytes of other groups are masked to zero
+    /// (index bit 7), the four results are ORed, and `pmaddubsw` + `pmaddwd` add each
+    /// vector's 4 entries into its `u32` lane.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `block` and `lut` hold `16 · groups` bytes, `groups` even.
+    /// The CPU must support AVX2; `block` and `lut` hold `16 · groups` bytes, `groups` a
+    /// multiple of 4.
     #[target_feature(enable = "avx2")]
     pub unsafe fn nibble_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
-        *out = [0; BLOCK];
-        let steps = groups / 2;
         let mask = _mm256_set1_epi8(0x0F);
-        let mut s0 = 0;
-        while s0 < steps {
-            let s1 = (s0 + CHUNK).min(steps);
-            let z = _mm256_setzero_si256();
-            let (mut lr, mut lo, mut hr, mut ho) = (z, z, z, z);
-            for s in s0..s1 {
-                // SAFETY: `32 s + 32 ≤ 16 · groups` = the slice lengths (caller's contract).
-                let (x, t) = unsafe {
-                    (
-                        _mm256_loadu_si256(block.as_ptr().add(32 * s).cast()),
-                        _mm256_loadu_si256(lut.as_ptr().add(32 * s).cast()),
-                    )
-                };
-                let a = _mm256_shuffle_epi8(t, _mm256_and_si256(x, mask));
-                let b = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(x, 4), mask));
-                lr = _mm256_add_epi16(lr, a);
-                lo = _mm256_add_epi16(lo, _mm256_srli_epi16(a, 8));
-                hr = _mm256_add_epi16(hr, b);
-                ho = _mm256_add_epi16(ho, _mm256_srli_epi16(b, 8));
+        let ones8 = _mm256_set1_epi8(1);
+        let ones16 = _mm256_set1_epi16(1);
+        // Byte 4i + j keeps its index for table j; other bytes get bit 7 (pshufb → 0).
+        let keep = [0, 1, 2, 3]
+            .map(|j: u32| _mm256_set1_epi32((0x8080_8080u32 & !(0xFFu32 << (8 * j))) as i32));
+        let z = _mm256_setzero_si256();
+        let mut acc = [z; 4]; // vectors 0..8, 8..16 (low nibbles), 16..24, 24..32 (high)
+        for c in 0..groups / 4 {
+            let mut t = [z; 4];
+            for (j, tj) in t.iter_mut().enumerate() {
+                // SAFETY: `64 c + 16 j + 16 ≤ 16 · groups` (caller's contract).
+                *tj = _mm256_broadcastsi128_si256(unsafe {
+                    _mm_loadu_si128(lut.as_ptr().add(64 * c + 16 * j).cast())
+                });
             }
-            let mut buf = [[0u16; 16]; 4];
-            for (dst, v) in buf.iter_mut().zip([lr, lo, hr, ho]) {
-                // SAFETY: `dst` is 32 writable bytes.
-                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+            for h in 0..2 {
+                // SAFETY: `64 c + 32 h + 32 ≤ 16 · groups` (caller's contract).
+                let x = unsafe { _mm256_loadu_si256(block.as_ptr().add(64 * c + 32 * h).cast()) };
+                let nibbles = [
+                    _mm256_and_si256(x, mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
+                ];
+                for (n, idx) in nibbles.into_iter().enumerate() {
+                    let mut r = _mm256_shuffle_epi8(t[0], _mm256_or_si256(idx, keep[0]));
+                    for j in 1..4 {
+                        r = _mm256_or_si256(
+                            r,
+                            _mm256_shuffle_epi8(t[j], _mm256_or_si256(idx, keep[j])),
+                        );
+                    }
+                    let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(r, ones8), ones16);
+                    acc[2 * n + h] = _mm256_add_epi32(acc[2 * n + h], sum);
+                }
             }
-            flush(&buf[0], &buf[1], out, |_, p| p);
-            flush(&buf[2], &buf[3], out, |_, p| 16 + p);
-            s0 = s1;
+        }
+        for (i, a) in acc.into_iter().enumerate() {
+            // SAFETY: `out` has 32 `u32`; chunk `i` is `out[8 i .. 8 i + 8]`.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
         }
     }
 
@@ -243,12 +279,24 @@ mod x86 {
                 raw = _mm512_add_epi16(raw, v);
                 odd = _mm512_add_epi16(odd, _mm512_srli_epi16(v, 8));
             }
-            let mut buf = [[0u16; 32]; 2];
-            for (dst, v) in buf.iter_mut().zip([raw, odd]) {
-                // SAFETY: `dst` is 64 writable bytes.
-                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
-            }
-            flush(&buf[0], &buf[1], out, |lane, p| (16 * lane + p) % 32);
+            // Lanes 0, 1 and 2, 3 hold vectors 0..32 of the step's two groups: add them.
+            let fold = |v: __m512i| {
+                _mm512_add_epi32(
+                    _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)),
+                    _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
+                )
+            };
+            let (even, odd) = (
+                fold(_mm512_sub_epi16(raw, _mm512_slli_epi16(odd, 8))),
+                fold(odd),
+            );
+            let half = |v: __m512i| _mm512_extracti64x4_epi64::<1>(v);
+            store16(
+                _mm512_castsi512_si256(even),
+                _mm512_castsi512_si256(odd),
+                &mut out[..16],
+            );
+            store16(half(even), half(odd), &mut out[16..]);
             s0 = s1;
         }
     }

@@ -3,6 +3,7 @@
 use super::fastscan::block_sums;
 use super::filter::{allowed_slots, block_bits, Filter, SlotBits};
 use super::layout::{Layout, QueryTables, BLOCK};
+use super::score::{dequantize_sums, keys_at_least};
 use super::storage::Bytes;
 use super::topk::{Hit, TopK};
 use crate::error::{Error, Result};
@@ -531,6 +532,7 @@ impl Scan<'_> {
             .collect();
         let mut tops: Vec<TopK> = tables.iter().map(|_| TopK::new(self.keep)).collect();
         let mut est = [0.0f32; BLOCK];
+        let mut keys = [0.0f32; BLOCK];
         let mut sums = [0u32; BLOCK];
         let mut codes = vec![0u8; d];
         let codes_all = ix.codes.as_slice();
@@ -552,21 +554,29 @@ impl Scan<'_> {
                     }
                     let block = &codes_all[b * bb..(b + 1) * bb];
                     self.estimate(t, block, mask, &mut sums, &mut codes, &mut est);
-                    let mut m = mask;
+                    let slots = b * BLOCK..((b + 1) * BLOCK).min(n);
+                    let sq = if ix.metric == Metric::L2 {
+                        &ix.sq_norms[slots.clone()]
+                    } else {
+                        &[][..]
+                    };
+                    // L2 ranks by 2⟨q, x⟩ − ‖x‖² (the constant ‖q‖² is added back at the end).
+                    let mut m = mask
+                        & keys_at_least(
+                            level,
+                            &est,
+                            &ix.scales[slots],
+                            sq,
+                            top.threshold(),
+                            &mut keys,
+                        );
                     while m != 0 {
                         let v = m.trailing_zeros() as usize;
                         m &= m - 1;
-                        let slot = b * BLOCK + v;
-                        let ip = ix.scales[slot] * est[v];
-                        // L2 ranks by 2⟨q, x⟩ − ‖x‖² (the constant ‖q‖² is added back at the end).
-                        let score = if ix.metric == Metric::L2 {
-                            2.0 * ip - ix.sq_norms[slot]
-                        } else {
-                            ip
-                        };
-                        if top.admits(score) {
-                            top.push(Hit { score, slot });
-                        }
+                        top.push(Hit {
+                            score: keys[v],
+                            slot: b * BLOCK + v,
+                        });
                     }
                 }
             }
@@ -608,9 +618,7 @@ impl Scan<'_> {
             }
             _ => {
                 block_sums(level, &ix.layout, block, &t.lut, sums);
-                for (e, &s) in est.iter_mut().zip(sums.iter()) {
-                    *e = t.delta * s as f32 + t.base;
-                }
+                dequantize_sums(level, sums, t.delta, t.base, est);
             }
         }
     }

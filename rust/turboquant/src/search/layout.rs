@@ -6,9 +6,10 @@
 //! consecutive coordinates (bits past the row's end read as zero, a padded coordinate).
 //!
 //! - **Nibble** (`b ∈ {1, 2, 4}`, `w = 4`: 4, 2 or 1 coordinates per group; groups padded to a
-//!   multiple of 4): group `g` of a block is 16 bytes at `[16g, 16g + 16)`; byte `i` holds
-//!   vector `i`'s group code in its low nibble and vector `16 + i`'s in its high nibble.
-//!   Lookup table: 16 `u8` per group at `[16g, 16g + 16)`.
+//!   multiple of 4): groups `4c .. 4c + 4` form quad `c`, 64 bytes at `[64c, 64c + 64)`; byte
+//!   `4i + j` (`i < 16`, `j < 4`) holds vector `i`'s code of group `4c + j` in its low nibble
+//!   and vector `16 + i`'s in its high nibble. So a 32-bit lane holds one vector's 4 groups
+//!   (summed by one `vpdpbusd`). Lookup table: 16 `u8` per group at `[16g, 16g + 16)`.
 //! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 2):
 //!   groups `2s, 2s + 1` form step `s`, 48 bytes at `[48s, 48s + 48)`: a bit stream of 64 6-bit
 //!   codes, LSB first, where position `p` holds vector `p mod 32`'s code of group `2s + p / 32`.
@@ -66,6 +67,12 @@ fn put_bits(stream: &mut [u8], start: usize, value: usize) {
     }
 }
 
+/// Byte of a nibble block holding vector `v`'s code of group `g`.
+#[inline]
+fn nibble_byte(v: usize, g: usize) -> usize {
+    64 * (g / 4) + 4 * (v % 16) + g % 4
+}
+
 impl Layout {
     /// The layout for `dim` coordinates at `bits` bits.
     pub fn new(dim: usize, bits: u8) -> Layout {
@@ -121,7 +128,7 @@ impl Layout {
             Layout::Nibble { groups, .. } => {
                 let shift = if v < 16 { 0 } else { 4 };
                 for g in 0..groups {
-                    block[16 * g + v % 16] |= (stream_bits(row, 4 * g, 4) << shift) as u8;
+                    block[nibble_byte(v, g)] |= (stream_bits(row, 4 * g, 4) << shift) as u8;
                 }
             }
             Layout::Pair { groups } => {
@@ -141,7 +148,7 @@ impl Layout {
     pub fn group_code(&self, block: &[u8], v: usize, g: usize) -> usize {
         match self {
             Layout::Nibble { .. } => {
-                let byte = block[16 * g + v % 16] as usize;
+                let byte = block[nibble_byte(v, g)] as usize;
                 if v < 16 {
                     byte & 15
                 } else {

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod index;
 pub mod layout;
 mod persist;
+pub mod score;
 pub mod storage;
 pub mod topk;
 

@@ -65,10 +65,10 @@ impl TopK {
         }
     }
 
-    /// Whether `score` could enter (cheap pre-check before [`TopK::push`]).
+    /// The score a hit must reach to possibly enter (`−∞` until `k` hits are kept).
     #[inline]
-    pub fn admits(&self, score: f32) -> bool {
-        score >= self.threshold
+    pub fn threshold(&self) -> f32 {
+        self.threshold
     }
 
     /// Offers a hit.

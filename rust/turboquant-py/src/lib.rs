@@ -7,6 +7,7 @@
 
 mod arrays;
 mod errors;
+mod index;
 mod quantizer;
 
 use arrays::{slice2, to_array1, to_array2};
@@ -120,6 +121,7 @@ fn simd_level() -> &'static str {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<quantizer::PyQuantizer>()?;
+    m.add_class::<index::PyIndex>()?;
     m.add_function(wrap_pyfunction!(quantizer::batch_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(codebook, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;

@@ -45,32 +45,27 @@ fn pack_from(dim: usize, bits: u8, out: &mut [u8], code: impl Fn(usize) -> u8) {
 
 /// Unpacks one row of `out.len()` codes of `bits` bits from `packed`.
 pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
+    unpack_into(packed, out.len(), bits, |j, c| out[j] = c);
+}
+
+/// Unpacks one row into column `lane` of a coordinate-major code block.
+pub fn unpack_lane<const L: usize>(packed: &[u8], bits: u8, block: &mut [[u8; L]], lane: usize) {
+    unpack_into(packed, block.len(), bits, |j, c| block[j][lane] = c);
+}
+
+/// The inverse of [`pack_from`]: `b` bytes → 8 codes, a partial last group from what remains.
+#[inline(always)]
+fn unpack_into(packed: &[u8], dim: usize, bits: u8, mut put: impl FnMut(usize, u8)) {
     let b = bits as usize;
-    debug_assert_eq!(packed.len(), row_bytes(out.len(), bits));
-    if b == 8 {
-        out.copy_from_slice(packed);
-        return;
-    }
+    debug_assert_eq!(packed.len(), row_bytes(dim, bits));
     let mask = (1u64 << b) - 1;
-    let mut groups = out.chunks_exact_mut(8);
-    let mut o = 0;
-    for g in &mut groups {
+    for (g, src) in packed.chunks(b).enumerate() {
         let mut word = [0u8; 8];
-        word[..b].copy_from_slice(&packed[o..o + b]);
+        word[..src.len()].copy_from_slice(src);
         let acc = u64::from_le_bytes(word);
-        for (i, c) in g.iter_mut().enumerate() {
-            *c = ((acc >> (i * b)) & mask) as u8;
-        }
-        o += b;
-    }
-    let tail = groups.into_remainder();
-    if !tail.is_empty() {
-        let mut word = [0u8; 8];
-        let n = packed.len() - o;
-        word[..n].copy_from_slice(&packed[o..]);
-        let acc = u64::from_le_bytes(word);
-        for (i, c) in tail.iter_mut().enumerate() {
-            *c = ((acc >> (i * b)) & mask) as u8;
+        let start = g * 8;
+        for i in 0..(dim - start).min(8) {
+            put(start + i, ((acc >> (i * b)) & mask) as u8);
         }
     }
 }

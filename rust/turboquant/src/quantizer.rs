@@ -19,7 +19,7 @@
 
 use crate::codebook::{self, Codebook};
 use crate::error::{Error, Result};
-use crate::packing::{pack_lane, pack_row, row_bytes, unpack_row};
+use crate::packing::{pack_lane, row_bytes, unpack_lane, unpack_row};
 use crate::parallel;
 use crate::rotation::Rotation;
 use crate::simd::kernels::{self, LANES};
@@ -161,7 +161,6 @@ struct BlockScratch {
     resid: Vec<Lanes>,
     perm: Vec<Lanes>,
     codes: Vec<[u8; LANES]>,
-    row: Vec<u8>,
 }
 
 impl BlockScratch {
@@ -172,22 +171,6 @@ impl BlockScratch {
             resid: vec![[0.0; LANES]; dim],
             perm: Vec::with_capacity(dim),
             codes: vec![[0; LANES]; dim],
-            row: vec![0; dim],
-        }
-    }
-}
-
-/// Per-thread scratch buffers for decoding one row.
-struct Scratch {
-    work: Vec<f32>,
-    codes: Vec<u8>,
-}
-
-impl Scratch {
-    fn new(dim: usize) -> Self {
-        Scratch {
-            work: vec![0.0; dim],
-            codes: vec![0; dim],
         }
     }
 }
@@ -457,11 +440,13 @@ impl Quantizer {
         rnorms_out.copy_from_slice(&rsq.map(f32::sqrt)[..m]);
         qjl.apply_lanes_at(level, &mut s.resid, &mut s.perm);
         let sb = self.sign_bytes();
-        for l in 0..m {
-            for (r, v) in s.row.iter_mut().zip(&s.resid) {
-                *r = (v[l] >= 0.0) as u8;
+        for (c, r) in s.codes.iter_mut().zip(&s.resid) {
+            for l in 0..LANES {
+                c[l] = (r[l] >= 0.0) as u8;
             }
-            pack_row(&s.row, 1, &mut signs_out[l * sb..(l + 1) * sb]);
+        }
+        for l in 0..m {
+            pack_lane(&s.codes, l, 1, &mut signs_out[l * sb..(l + 1) * sb]);
         }
         Ok(())
     }
@@ -477,37 +462,69 @@ impl Quantizer {
             )));
         }
         let level = crate::simd::active_level();
-        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        let d = self.dim;
+        let chunk = parallel::rows_per_task(view.n).div_ceil(LANES) * LANES;
         parallel::install(|| {
-            out.par_chunks_mut(d).enumerate().for_each_init(
-                || Scratch::new(d),
-                |s, (i, row)| {
-                    unpack_row(
-                        &view.codes[i * cb..(i + 1) * cb],
-                        self.mse_bits(),
-                        &mut s.codes,
-                    );
-                    kernels::decode_scaled(
-                        level,
-                        &s.codes,
-                        self.codebook.centroids(),
-                        view.scales[i],
-                        row,
-                    );
-                    if let Some(qjl) = &self.qjl {
-                        unpack_row(&view.qjl_signs[i * sb..(i + 1) * sb], 1, &mut s.codes);
-                        let f = view.residual_norms[i] * self.qjl_factor;
-                        kernels::decode_scaled(level, &s.codes, &SIGN_VALUES, f, &mut s.work);
-                        qjl.apply_inverse_at(level, &mut s.work);
-                        for (o, &w) in row.iter_mut().zip(&s.work) {
-                            *o += w;
-                        }
+            out.par_chunks_mut(chunk * d).enumerate().for_each_init(
+                || BlockScratch::new(d),
+                |s, (c, rows)| {
+                    for (b, block) in rows.chunks_mut(LANES * d).enumerate() {
+                        self.decode_block(level, view, c * chunk + b * LANES, block, s);
                     }
-                    self.rotation.apply_inverse_at(level, row);
                 },
             )
         });
         Ok(())
+    }
+
+    /// Decodes the up to [`LANES`] vectors starting at `first` into row-major `rows`.
+    fn decode_block(
+        &self,
+        level: SimdLevel,
+        view: &BatchView<'_>,
+        first: usize,
+        rows: &mut [f32],
+        s: &mut BlockScratch,
+    ) {
+        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        let m = rows.len() / d;
+        let mut scale = [0.0f32; LANES];
+        scale[..m].copy_from_slice(&view.scales[first..first + m]);
+        for l in 0..m {
+            let i = first + l;
+            unpack_lane(
+                &view.codes[i * cb..(i + 1) * cb],
+                self.mse_bits(),
+                &mut s.codes,
+                l,
+            );
+        }
+        lanes::decode_lanes(
+            level,
+            &s.codes,
+            self.codebook.centroids(),
+            &scale,
+            &mut s.x,
+            false,
+        );
+        if let Some(qjl) = &self.qjl {
+            let mut f = [0.0f32; LANES];
+            for l in 0..m {
+                let i = first + l;
+                f[l] = view.residual_norms[i] * self.qjl_factor;
+                unpack_lane(&view.qjl_signs[i * sb..(i + 1) * sb], 1, &mut s.codes, l);
+            }
+            lanes::decode_lanes(level, &s.codes, &SIGN_VALUES, &f, &mut s.resid, false);
+            qjl.apply_inverse_lanes_at(level, &mut s.resid, &mut s.perm);
+            for (o, r) in s.x.iter_mut().zip(&s.resid) {
+                for l in 0..LANES {
+                    o[l] += r[l];
+                }
+            }
+        }
+        self.rotation
+            .apply_inverse_lanes_at(level, &mut s.x, &mut s.perm);
+        lanes::store_rows(level, &s.x, d, rows);
     }
 
     /// Lookup tables for a batch of queries (`nq × dim`); see [`QueryTables`].

@@ -154,6 +154,31 @@ impl Rotation {
         }
     }
 
+    /// `Rᵀ` applied to each lane of a coordinate-major block; the inverse of
+    /// [`Self::apply_lanes_at`], bit-identical to [`Self::apply_inverse_at`] per vector.
+    pub fn apply_inverse_lanes_at(
+        &self,
+        level: SimdLevel,
+        block: &mut Vec<Lanes>,
+        spare: &mut Vec<Lanes>,
+    ) {
+        debug_assert_eq!(block.len(), self.dim);
+        let (d, p) = (self.dim, self.block);
+        for r in (0..ROUNDS).rev() {
+            if d > p {
+                lanes::fwht_lanes(level, &mut block[d - p..], self.scale);
+                spare.clear();
+                spare.resize(d, [0.0; crate::simd::kernels::LANES]);
+                for (&dst, row) in self.perms[r * d..(r + 1) * d].iter().zip(block.iter()) {
+                    spare[dst as usize] = *row;
+                }
+                std::mem::swap(block, spare);
+            }
+            lanes::fwht_lanes(level, &mut block[..p], self.scale);
+            lanes::mul_lanes(level, block, &self.signs[r * d..(r + 1) * d]);
+        }
+    }
+
     /// Applies round `r`'s permutation (gather) or its inverse (scatter) in place.
     fn permute(&self, x: &mut [f32], r: usize, inverse: bool) {
         let d = self.dim;

@@ -101,15 +101,6 @@ pub fn sum_squares(level: SimdLevel, x: &[f32]) -> f32 {
 }
 
 multiversion! {
-    /// `out[i] = scale · centroids[codes[i]]` (decode into the rotated domain).
-    pub fn decode_scaled(codes: &[u8], centroids: &[f32], scale: f32, out: &mut [f32]) {
-        for (o, &c) in out.iter_mut().zip(codes) {
-            *o = scale * centroids[c as usize];
-        }
-    }
-}
-
-multiversion! {
     /// `Σ_i table[i·k + codes[i]]`: a score from per-coordinate lookup tables of `k` entries.
     pub fn lut_sum(table: &[f32], k: usize, codes: &[u8]) -> f32 {
         let mut acc = [0.0f32; LANES];

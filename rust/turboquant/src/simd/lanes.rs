@@ -43,6 +43,20 @@ trait Row: Copy {
             lane[m..].fill(0.0);
         }
     }
+    /// The inverse of [`Row::load_rows`]: writes the first `rows.len()/dim` lanes out as rows.
+    #[inline(always)]
+    fn store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
+        for (l, row) in rows.chunks_exact_mut(dim).enumerate() {
+            for (v, lane) in row.iter_mut().zip(block) {
+                *v = lane[l];
+            }
+        }
+    }
+    /// `table[codes[l]]` per lane.
+    #[inline(always)]
+    fn lookup(codes: &[u8; LANES], table: &[f32]) -> Self {
+        Self::load(&codes.map(|c| table[c as usize]))
+    }
     /// For a full 16-entry codebook: `(code, centroid)` per lane of the scaled coordinates `y`,
     /// code = number of `boundaries` strictly below. The default is a compare-and-select sweep.
     #[inline(always)]
@@ -297,6 +311,52 @@ mod x86 {
             }
         }
         #[inline(always)]
+        fn store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
+            if rows.len() / dim < 16 {
+                for (l, row) in rows.chunks_exact_mut(dim).enumerate() {
+                    for (v, lane) in row.iter_mut().zip(block) {
+                        *v = lane[l];
+                    }
+                }
+                return;
+            }
+            let tiles = dim / 16;
+            for t in 0..tiles {
+                // SAFETY: AVX-512F is enabled in every caller. Reads block[16t .. 16t+16]
+                // (16t + 16 ≤ dim = block.len()); writes rows[l·dim + 16t .. +16] for l < 16,
+                // inside `rows` (16 rows of dim).
+                unsafe {
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (k, reg) in r.iter_mut().enumerate() {
+                        *reg = _mm512_loadu_ps(block[16 * t + k].as_ptr());
+                    }
+                    let r = transpose16(r);
+                    for (l, reg) in r.iter().enumerate() {
+                        _mm512_storeu_ps(rows.as_mut_ptr().add(l * dim + 16 * t), *reg);
+                    }
+                }
+            }
+            for j in tiles * 16..dim {
+                for l in 0..16 {
+                    rows[l * dim + j] = block[j][l];
+                }
+            }
+        }
+        #[inline(always)]
+        fn lookup(codes: &[u8; 16], table: &[f32]) -> Self {
+            if table.len() > 16 {
+                return Self::load(&codes.map(|c| table[c as usize]));
+            }
+            let mut padded = [0.0f32; 16];
+            padded[..table.len()].copy_from_slice(table);
+            // SAFETY: AVX-512F is enabled in every caller; 16 bytes of codes, 16-entry table,
+            // codes < table.len() ≤ 16 so every index selects a real entry.
+            unsafe {
+                let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.as_ptr().cast()));
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(padded.as_ptr())))
+            }
+        }
+        #[inline(always)]
         fn encode16(y: Self, boundaries: &[f32], centroids: &[f32]) -> (Self, Self) {
             // Branchless binary search with in-register 16-entry table lookups (vpermps):
             // the same count of boundaries below `y` as the sweep, in 4 steps instead of 15.
@@ -415,6 +475,29 @@ lane_kernel! {
     /// Transposes up to `LANES` row-major vectors of `dim` into the coordinate-major block.
     pub fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
         R::load_rows(rows, dim, out)
+    }
+}
+
+lane_kernel! {
+    /// Writes the first `rows.len()/dim` lanes of a coordinate-major block out as rows.
+    pub fn store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
+        R::store_rows(block, dim, rows)
+    }
+}
+
+lane_kernel! {
+    /// `out[j][l] (+)= scale[l] · table[codes[j][l]]` (decode into the rotated domain);
+    /// `accumulate` adds to `out` instead of overwriting it.
+    pub fn decode_lanes(codes: &[[u8; LANES]], table: &[f32], scale: &Lanes, out: &mut [Lanes], accumulate: bool) {
+        let s = R::load(scale);
+        for (o, c) in out.iter_mut().zip(codes) {
+            let v = s.mul(R::lookup(c, table));
+            if accumulate {
+                R::load(o).add(v).store(o);
+            } else {
+                v.store(o);
+            }
+        }
     }
 }
 

@@ -1,0 +1,90 @@
+"""Quantize / dequantize throughput: turboquant-rs vs turboquant-torch 0.4.0 vs FAISS SQ4.
+
+One process, 2 threads for everyone (rayon pool, torch.set_num_threads, faiss omp).
+Speeds are vectors per second, best of ``--repeat`` runs; compare ratios within one run
+(the machine is shared and noisy). Prints a markdown table.
+
+    python benches/bench_quantize.py            # the numbers in benches/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np
+import turboquant_rs as tq
+
+THREADS = 2
+
+
+def best_rate(fn: Callable[[], object], n: int, repeat: int) -> float:
+    fn()  # warm-up (codebooks, page faults)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--dims", type=int, nargs="+", default=[128, 384, 1536])
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
+    args = p.parse_args()
+
+    import faiss
+    import torch
+    import turboquant as ttorch
+
+    tq.set_num_threads(THREADS)
+    torch.set_num_threads(THREADS)
+    faiss.omp_set_num_threads(THREADS)
+    rng = np.random.default_rng(0)
+    print(f"threads={THREADS} simd={tq.simd_level()} faiss={faiss.__version__} torch={torch.__version__}\n")
+    print(
+        "| d | b | ours quantize | turboquant-torch | ours ÷ tt | FAISS SQ4 encode | ours ÷ FAISS "
+        "| ours dequantize | tt dequantize | FAISS SQ4 decode | ours bytes/vec | tt bytes/vec |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d in args.dims:
+        n = {128: 200_000, 384: 100_000}.get(d, 40_000)
+        n_tt = max(2_000, n // 20)
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        xt = torch.from_numpy(x[:n_tt].copy())
+        sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_4bit)
+        sq.train(x[:20_000])
+        faiss_codes = sq.sa_encode(x)
+        faiss_enc = best_rate(lambda: sq.sa_encode(x), n, args.repeat)  # noqa: B023
+        faiss_dec = best_rate(lambda: sq.sa_decode(faiss_codes), n, args.repeat)  # noqa: B023
+        for b in args.bits:
+            ours = tq.TurboQuant(d, b)
+            out = ours.quantize(x)
+            q_rate = best_rate(lambda: ours.quantize(x), n, args.repeat)  # noqa: B023
+            dq_rate = best_rate(lambda: ours.dequantize(out), n, args.repeat)  # noqa: B023
+            tt = ttorch.TurboQuant(d, b, unbiased=False)
+            with torch.no_grad():
+                tt_out = tt.quantize(xt)
+                tt_q = best_rate(lambda: tt.quantize(xt), n_tt, args.repeat)  # noqa: B023
+                tt_dq = best_rate(lambda: tt.dequantize(tt_out), n_tt, args.repeat)  # noqa: B023
+            tt_bytes = (
+                tt_out.mse_codes.element_size() * tt_out.mse_codes.numel()
+                + tt_out.mse_norms.element_size() * tt_out.mse_norms.numel()
+            ) / n_tt
+            print(
+                f"| {d} | {b} | {q_rate / 1e6:.3f} M/s | {tt_q / 1e6:.4f} M/s | {q_rate / tt_q:.0f}× "
+                f"| {faiss_enc / 1e6:.3f} M/s | {q_rate / faiss_enc:.2f}× | {dq_rate / 1e6:.3f} M/s "
+                f"| {tt_dq / 1e6:.4f} M/s | {faiss_dec / 1e6:.3f} M/s | {out.nbytes / n:.0f} | {tt_bytes:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

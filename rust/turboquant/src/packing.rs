@@ -20,10 +20,32 @@ pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
     pack_from(codes.len(), bits, out, |j| codes[j]);
 }
 
-/// Packs column `lane` of a coordinate-major code block (`block[j][lane]` is code `j` of
-/// that vector) into `out`, without materializing the row.
-pub fn pack_lane<const L: usize>(block: &[[u8; L]], lane: usize, bits: u8, out: &mut [u8]) {
-    pack_from(block.len(), bits, out, |j| block[j][lane]);
+/// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
+/// of vector `l`) into `m` consecutive rows of `out`. For `b ∈ {1, 2, 4, 8}` the bytes are
+/// assembled for all columns at once (byte `k` takes codes `k·8/b ..`), then scattered to
+/// the rows; other widths go column by column.
+pub fn pack_block<const L: usize>(block: &[[u8; L]], m: usize, bits: u8, out: &mut [u8]) {
+    let dim = block.len();
+    let rb = row_bytes(dim, bits);
+    debug_assert_eq!(out.len(), m * rb);
+    if 8 % bits != 0 {
+        for (l, row) in out.chunks_exact_mut(rb).enumerate() {
+            pack_from(dim, bits, row, |j| block[j][l]);
+        }
+        return;
+    }
+    let per_byte = (8 / bits) as usize;
+    for (k, group) in block.chunks(per_byte).enumerate() {
+        let mut byte = [0u8; L];
+        for (i, codes) in group.iter().enumerate() {
+            for l in 0..L {
+                byte[l] |= codes[l] << (i * bits as usize);
+            }
+        }
+        for (l, &v) in byte.iter().enumerate().take(m) {
+            out[l * rb + k] = v;
+        }
+    }
 }
 
 /// The layout, once: groups of 8 codes → `b` little-endian bytes; a partial last group

@@ -19,7 +19,7 @@
 
 use crate::codebook::{self, Codebook};
 use crate::error::{Error, Result};
-use crate::packing::{pack_lane, row_bytes, unpack_lane, unpack_row};
+use crate::packing::{pack_block, row_bytes, unpack_lane, unpack_row};
 use crate::parallel;
 use crate::rotation::Rotation;
 use crate::simd::kernels::{self, LANES};
@@ -423,15 +423,7 @@ impl Quantizer {
             };
         }
         scales_out.copy_from_slice(&scale[..m]);
-        let bytes = self.code_bytes();
-        for l in 0..m {
-            pack_lane(
-                &s.codes,
-                l,
-                cb.bits(),
-                &mut codes_out[l * bytes..(l + 1) * bytes],
-            );
-        }
+        pack_block(&s.codes, m, cb.bits(), codes_out);
         let Some(qjl) = &self.qjl else {
             return Ok(());
         };
@@ -439,15 +431,12 @@ impl Quantizer {
         let rsq = lanes::dot_lanes(level, &s.resid, &s.resid);
         rnorms_out.copy_from_slice(&rsq.map(f32::sqrt)[..m]);
         qjl.apply_lanes_at(level, &mut s.resid, &mut s.perm);
-        let sb = self.sign_bytes();
         for (c, r) in s.codes.iter_mut().zip(&s.resid) {
             for l in 0..LANES {
                 c[l] = (r[l] >= 0.0) as u8;
             }
         }
-        for l in 0..m {
-            pack_lane(&s.codes, l, 1, &mut signs_out[l * sb..(l + 1) * sb]);
-        }
+        pack_block(&s.codes, m, 1, signs_out);
         Ok(())
     }
 

@@ -139,17 +139,16 @@ impl Rotation {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
         for r in 0..ROUNDS {
-            lanes::mul_lanes(level, block, &self.signs[r * d..(r + 1) * d]);
-            lanes::fwht_lanes(level, &mut block[..p], self.scale);
+            let signs = &self.signs[r * d..(r + 1) * d];
+            if d > p {
+                lanes::mul_lanes(level, &mut block[p..], &signs[p..]);
+            }
+            lanes::fwht_lanes(level, &mut block[..p], self.scale, &signs[..p], &[]);
             if d > p {
                 spare.clear();
-                spare.extend(
-                    self.perms[r * d..(r + 1) * d]
-                        .iter()
-                        .map(|&src| block[src as usize]),
-                );
+                spare.extend(self.perms[r * d..(r + 1) * d].iter().map(|&src| block[src as usize]));
                 std::mem::swap(block, spare);
-                lanes::fwht_lanes(level, &mut block[d - p..], self.scale);
+                lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);
             }
         }
     }
@@ -165,17 +164,18 @@ impl Rotation {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
         for r in (0..ROUNDS).rev() {
+            let signs = &self.signs[r * d..(r + 1) * d];
             if d > p {
-                lanes::fwht_lanes(level, &mut block[d - p..], self.scale);
+                lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);
                 spare.clear();
                 spare.resize(d, [0.0; crate::simd::kernels::LANES]);
                 for (&dst, row) in self.perms[r * d..(r + 1) * d].iter().zip(block.iter()) {
                     spare[dst as usize] = *row;
                 }
                 std::mem::swap(block, spare);
+                lanes::mul_lanes(level, &mut block[p..], &signs[p..]);
             }
-            lanes::fwht_lanes(level, &mut block[..p], self.scale);
-            lanes::mul_lanes(level, block, &self.signs[r * d..(r + 1) * d]);
+            lanes::fwht_lanes(level, &mut block[..p], self.scale, &[], &signs[..p]);
         }
     }
 

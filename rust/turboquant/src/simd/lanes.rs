@@ -411,16 +411,21 @@ macro_rules! lane_kernel {
 }
 
 /// Butterfly stages `h, 2h, …` (`S` of them) over every group of `2^S` rows `h` apart, held in
-/// registers; the last pass also applies `scale`. Same per-element operations as one stage at
-/// a time, in the same order, with `S`× fewer trips through memory.
+/// registers. `pre` multiplies rows as they are loaded (the sign flips before the transform),
+/// `scale` and then `post` as they are stored (normalization, and the sign flips after an
+/// inverse transform). Same per-element operations as one stage at a time, in the same
+/// order, with `S`× fewer trips through memory.
 #[inline(always)]
-fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, scale: Option<R>) {
+fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, pre: &[f32], scale: Option<R>, post: &[f32]) {
     let width = 1usize << S;
     for base in (0..x.len()).step_by(width * h) {
         for i in base..base + h {
             let mut r: [R; 8] = [R::splat(0.0); 8];
             for (k, slot) in r.iter_mut().enumerate().take(width) {
                 *slot = R::load(&x[i + k * h]);
+                if !pre.is_empty() {
+                    *slot = slot.mul(R::splat(pre[i + k * h]));
+                }
             }
             for stage in 0..S {
                 let span = 1usize << stage;
@@ -433,10 +438,13 @@ fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, scale: Option<R
                 }
             }
             for (k, v) in r.iter().enumerate().take(width) {
-                let v = match scale {
+                let mut v = match scale {
                     Some(s) => v.mul(s),
                     None => *v,
                 };
+                if !post.is_empty() {
+                    v = v.mul(R::splat(post[i + k * h]));
+                }
                 v.store(&mut x[i + k * h]);
             }
         }
@@ -445,28 +453,27 @@ fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, scale: Option<R
 
 lane_kernel! {
     /// Unnormalized Walsh-Hadamard transform of each lane over `x.len()` (a power of two)
-    /// coordinates, then `× scale`.
-    pub fn fwht_lanes(x: &mut [Lanes], scale: f32) {
+    /// coordinates, then `× scale`; with non-empty `pre` / `post` (one factor per row, for the
+    /// rotation's ±1 signs) the rows are multiplied by them before / after the transform.
+    pub fn fwht_lanes(x: &mut [Lanes], scale: f32, pre: &[f32], post: &[f32]) {
         let n = x.len();
         let stages = n.trailing_zeros() as usize;
-        let mut h = 1;
-        let mut done = 0;
+        let (mut h, mut done) = (1, 0);
+        if stages == 0 {
+            radix_pass::<R, 0>(x, 1, pre, (scale != 1.0).then(|| R::splat(scale)), post);
+        }
         while done < stages {
             let take = (stages - done).min(3);
             let last = done + take == stages;
             let s = if last && scale != 1.0 { Some(R::splat(scale)) } else { None };
+            let (pre, post) = (if done == 0 { pre } else { &[][..] }, if last { post } else { &[][..] });
             match take {
-                3 => radix_pass::<R, 3>(x, h, s),
-                2 => radix_pass::<R, 2>(x, h, s),
-                _ => radix_pass::<R, 1>(x, h, s),
+                3 => radix_pass::<R, 3>(x, h, pre, s, post),
+                2 => radix_pass::<R, 2>(x, h, pre, s, post),
+                _ => radix_pass::<R, 1>(x, h, pre, s, post),
             }
             h <<= take;
             done += take;
-        }
-        if stages == 0 && scale != 1.0 {
-            for r in x.iter_mut() {
-                R::load(r).mul(R::splat(scale)).store(r);
-            }
         }
     }
 }

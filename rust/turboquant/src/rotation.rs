@@ -7,10 +7,12 @@
 //! 3. if `d > p`: permute all coordinates by a seeded random permutation (`x'[i] = x[π_r[i]]`),
 //!    then apply the same transform to the tail block `x[d−p..d]`.
 //!
-//! The rotation is [`ROUNDS`] such rounds. Every step is orthogonal, so the rotation is;
-//! nothing is padded, so a `d`-vector keeps exactly `d` coordinates. Three rounds make the
-//! coordinates of adversarial inputs (one-hot, constant, sparse) follow the law of a random
-//! vector's (two do not: one-hot inputs at `d = 64`, 4 bits, lose 32 %). The permutation is
+//! The rotation is [`ROUNDS`] (3) such rounds, or [`LARGE_BLOCK_ROUNDS`] (2) when `p ≥ 512`.
+//! Every step is orthogonal, so the rotation is; nothing is padded, so a `d`-vector keeps
+//! exactly `d` coordinates. Three rounds make the coordinates of adversarial inputs (one-hot,
+//! constant, sparse) follow the law of a random vector's for small blocks (two do not: one-hot
+//! inputs at `d = 64`, 4 bits, lose 32 %: after two rounds a coordinate is a sum of only 64
+//! signs); from `p = 512` two rounds measure within the same bound, at 2/3 of the cost. The permutation is
 //! what makes non-powers of two safe: without it the tail block receives a vector supported on
 //! exactly half of it and emits duplicated values (one-hot inputs at `d = 1536` lost 19 %).
 //!
@@ -27,6 +29,11 @@ use std::cell::RefCell;
 
 /// Number of sign-flip + Hadamard rounds.
 pub const ROUNDS: usize = 3;
+/// Hadamard blocks at least this large need only [`LARGE_BLOCK_ROUNDS`] rounds.
+pub const LARGE_BLOCK: usize = 512;
+/// Rounds for blocks of [`LARGE_BLOCK`] or more: the sum of ≥ 512 random signs is already close
+/// enough to Gaussian after two rounds (worst-case inputs measured within 10 %).
+pub const LARGE_BLOCK_ROUNDS: usize = 2;
 
 /// A seeded structured orthogonal rotation of `R^dim`.
 #[derive(Debug, Clone)]
@@ -34,9 +41,11 @@ pub struct Rotation {
     dim: usize,
     block: usize,
     scale: f32,
-    /// `ROUNDS × dim` signs, round-major.
+    /// Number of rounds: [`ROUNDS`], or [`LARGE_BLOCK_ROUNDS`] for blocks ≥ [`LARGE_BLOCK`].
+    rounds: usize,
+    /// `rounds × dim` signs, round-major.
     signs: Vec<f32>,
-    /// `ROUNDS × dim` gather indices (empty when `dim` is a power of two).
+    /// `rounds × dim` gather indices (empty when `dim` is a power of two).
     perms: Vec<u32>,
 }
 
@@ -62,13 +71,14 @@ impl Rotation {
             return Err(Error::InvalidParameter("dim must be positive".into()));
         }
         let block = 1usize << (usize::BITS - 1 - dim.leading_zeros());
-        let mut signs = Vec::with_capacity(ROUNDS * dim);
-        for r in 0..ROUNDS as u64 {
+        let rounds = if block >= LARGE_BLOCK { LARGE_BLOCK_ROUNDS } else { ROUNDS };
+        let mut signs = Vec::with_capacity(rounds * dim);
+        for r in 0..rounds as u64 {
             signs.extend(SplitMix64::new(seed, stream * 16 + r).signs(dim));
         }
         let mut perms = Vec::new();
         if block != dim {
-            for r in 0..ROUNDS as u64 {
+            for r in 0..rounds as u64 {
                 perms.extend(permutation(
                     dim,
                     &mut SplitMix64::new(seed, stream * 16 + 8 + r),
@@ -79,6 +89,7 @@ impl Rotation {
             dim,
             block,
             scale: 1.0 / (block as f32).sqrt(),
+            rounds,
             signs,
             perms,
         })
@@ -89,17 +100,22 @@ impl Rotation {
         self.dim
     }
 
+    /// Number of sign + Hadamard rounds.
+    pub fn rounds(&self) -> usize {
+        self.rounds
+    }
+
     /// The Hadamard block size `p` (largest power of two `≤ d`).
     pub fn block(&self) -> usize {
         self.block
     }
 
-    /// The sign vectors, `ROUNDS × dim`, round-major (for engines that re-implement the rotation).
+    /// The sign vectors, `rounds × dim`, round-major (for engines that re-implement the rotation).
     pub fn signs(&self) -> &[f32] {
         &self.signs
     }
 
-    /// The permutations, `ROUNDS × dim`, round-major (empty for powers of two).
+    /// The permutations, `rounds × dim`, round-major (empty for powers of two).
     pub fn permutations(&self) -> &[u32] {
         &self.perms
     }
@@ -108,7 +124,7 @@ impl Rotation {
     pub fn apply_at(&self, level: SimdLevel, x: &mut [f32]) {
         debug_assert_eq!(x.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        for r in 0..ROUNDS {
+        for r in 0..self.rounds {
             kernels::mul_assign(level, x, &self.signs[r * d..(r + 1) * d]);
             kernels::fwht_scaled(level, &mut x[..p], self.scale);
             if d > p {
@@ -122,7 +138,7 @@ impl Rotation {
     pub fn apply_inverse_at(&self, level: SimdLevel, x: &mut [f32]) {
         debug_assert_eq!(x.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        for r in (0..ROUNDS).rev() {
+        for r in (0..self.rounds).rev() {
             if d > p {
                 kernels::fwht_scaled(level, &mut x[d - p..], self.scale);
                 self.permute(x, r, true);
@@ -138,7 +154,7 @@ impl Rotation {
     pub fn apply_lanes_at(&self, level: SimdLevel, block: &mut Vec<Lanes>, spare: &mut Vec<Lanes>) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        for r in 0..ROUNDS {
+        for r in 0..self.rounds {
             let signs = &self.signs[r * d..(r + 1) * d];
             if d > p {
                 lanes::mul_lanes(level, &mut block[p..], &signs[p..]);
@@ -163,7 +179,7 @@ impl Rotation {
     ) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        for r in (0..ROUNDS).rev() {
+        for r in (0..self.rounds).rev() {
             let signs = &self.signs[r * d..(r + 1) * d];
             if d > p {
                 lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);

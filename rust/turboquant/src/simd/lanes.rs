@@ -410,6 +410,9 @@ macro_rules! lane_kernel {
     };
 }
 
+/// Hadamard stages done within cache-resident chunks of `2^CHUNK_STAGES` rows (two radix-8 passes).
+const CHUNK_STAGES: usize = 6;
+
 /// Butterfly stages `h, 2h, …` (`S` of them) over every group of `2^S` rows `h` apart, held in
 /// registers. `pre` multiplies rows as they are loaded (the sign flips before the transform),
 /// `scale` and then `post` as they are stored (normalization, and the sign flips after an
@@ -459,6 +462,16 @@ lane_kernel! {
         let n = x.len();
         let stages = n.trailing_zeros() as usize;
         let (mut h, mut done) = (1, 0);
+        // Stages inside 64-row chunks run chunk by chunk (4 KiB stays in L1), the rest in
+        // full passes.
+        if stages > CHUNK_STAGES {
+            for (c, chunk) in x.chunks_exact_mut(1 << CHUNK_STAGES).enumerate() {
+                let pre = if pre.is_empty() { pre } else { &pre[c << CHUNK_STAGES..(c + 1) << CHUNK_STAGES] };
+                radix_pass::<R, 3>(chunk, 1, pre, None, &[]);
+                radix_pass::<R, 3>(chunk, 8, &[], None, &[]);
+            }
+            (h, done) = (1 << CHUNK_STAGES, CHUNK_STAGES);
+        }
         if stages == 0 {
             radix_pass::<R, 0>(x, 1, pre, (scale != 1.0).then(|| R::splat(scale)), post);
         }
@@ -466,7 +479,8 @@ lane_kernel! {
             let take = (stages - done).min(3);
             let last = done + take == stages;
             let s = if last && scale != 1.0 { Some(R::splat(scale)) } else { None };
-            let (pre, post) = (if done == 0 { pre } else { &[][..] }, if last { post } else { &[][..] });
+            let pre = if done == 0 { pre } else { &[][..] };
+            let post = if last { post } else { &[][..] };
             match take {
                 3 => radix_pass::<R, 3>(x, h, pre, s, post),
                 2 => radix_pass::<R, 2>(x, h, pre, s, post),

@@ -103,6 +103,10 @@ class TurboQuant:
     def __init__(
         self, dim: int, bit_width: int = 3, unbiased: bool = False, seed: int = 0, *, scale: str = "lsq"
     ):
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 2 <= dim <= 1 << 24:
+            raise ValueError(f"dim must be an integer in 2..{1 << 24}, got {dim!r}")
+        if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 1 <= bit_width <= 8:
+            raise ValueError(f"bit_width must be an integer in 1..8, got {bit_width!r}")
         self.dim = int(dim)
         self.bit_width = int(bit_width)
         self.unbiased = bool(unbiased)

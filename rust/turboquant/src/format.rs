@@ -85,9 +85,6 @@ pub fn read_header(r: &mut ByteReader<'_>, kind: Kind) -> Result<Quantizer> {
         s => return Err(Error::Corrupt(format!("unknown scale {s}"))),
     };
     let seed = r.u64()?;
-    if dim > (1 << 24) {
-        return Err(Error::Corrupt(format!("dimension {dim} is implausible")));
-    }
     Quantizer::new(dim, bits, mode, scale, seed)
         .map_err(|e| Error::Corrupt(format!("bad parameters: {e}")))
 }

@@ -28,6 +28,9 @@ use crate::simd::SimdLevel;
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// Largest supported dimension (2^24): bounds the rotation tables a file or caller can request.
+pub const MAX_DIM: usize = 1 << 24;
+
 /// Which TurboQuant variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -196,9 +199,9 @@ impl Quantizer {
                 "the unbiased (QJL) quantizer needs bit_width >= 2: one bit goes to the residual sketch".into(),
             ));
         }
-        if dim < 2 {
+        if !(2..=MAX_DIM).contains(&dim) {
             return Err(Error::InvalidParameter(format!(
-                "dim must be at least 2, got {dim}"
+                "dim must be in 2..={MAX_DIM}, got {dim}"
             )));
         }
         let mse_bits = if mode == Mode::Prod { bits - 1 } else { bits };

@@ -112,7 +112,18 @@ fn recall_floor_on_wiki_minilm() {
             recall_at(&fast.ids, &truth, 10),
             recall_at(&float.ids, &truth, 10),
         );
-        println!("wiki {bits}-bit recall@10: u8 tables {r_fast:.4}, f32 tables {r_float:.4}");
+        // How much of the exhaustive f32-table answer the u8 scan + f32 refine reproduces.
+        let float_top: Vec<Vec<u64>> = float.ids.chunks_exact(10).map(|r| r.to_vec()).collect();
+        let agree = recall_at(&fast.ids, &float_top, 10);
+        println!(
+            "wiki {bits}-bit recall@10: u8 scan + refine {r_fast:.4}, f32 tables {r_float:.4}, \
+             agreement with the f32-table top-10 {agree:.4}"
+        );
+        assert!(
+            agree >= 0.99,
+            "{bits}-bit: the u8 scan drops {} of the f32 top-10",
+            1.0 - agree
+        );
         assert!(r_fast >= floor, "{bits}-bit recall {r_fast} < {floor}");
         assert!(
             r_fast >= r_float - 0.01,

@@ -63,9 +63,8 @@ pub fn block_sums(
     let lut = &lut[..layout.lut_bytes()];
     #[cfg(target_arch = "x86_64")]
     match (*layout, level.supported()) {
-        (Layout::Nibble { groups, .. }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
-            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; the slices hold `groups` groups.
-            return unsafe { x86::nibble_vnni(block, lut, groups, out) };
+        (Layout::Nibble { .. }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
+            return block_sums_multi(level, layout, block, &[lut], std::slice::from_mut(out));
         }
         (Layout::Nibble { groups, .. }, SimdLevel::Avx2 | SimdLevel::Avx512) => {
             // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
@@ -78,6 +77,52 @@ pub fn block_sums(
         _ => {}
     }
     portable_sums(level, layout, block, lut, out)
+}
+
+/// Largest number of queries [`block_sums_multi`] scores per pass over a block.
+pub const MULTI: usize = 4;
+
+/// [`block_sums`] for up to [`MULTI`] queries at once (`luts.len() == out.len()`): with the
+/// AVX-512 VBMI/VNNI nibble kernel the block's codes are decoded once for all of them.
+pub fn block_sums_multi(
+    level: SimdLevel,
+    layout: &Layout,
+    block: &[u8],
+    luts: &[&[u8]],
+    out: &mut [[u32; BLOCK]],
+) {
+    assert!(
+        luts.len() == out.len() && luts.len() <= MULTI,
+        "one output row per table"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if let (Layout::Nibble { groups, .. }, SimdLevel::Avx512) = (*layout, level.supported()) {
+        if x86::has_vbmi_vnni() {
+            let (block, n) = (&block[..16 * groups], 16 * groups);
+            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
+            // sliced to `16 · groups` bytes (a multiple of 64) and `out` has one row per table.
+            unsafe {
+                match luts {
+                    [a] => x86::nibble_vnni::<1, 4>(block, [&a[..n]], groups, out),
+                    [a, b] => x86::nibble_vnni::<2, 2>(block, [&a[..n], &b[..n]], groups, out),
+                    [a, b, c] => {
+                        x86::nibble_vnni::<3, 2>(block, [&a[..n], &b[..n], &c[..n]], groups, out)
+                    }
+                    [a, b, c, d] => x86::nibble_vnni::<4, 1>(
+                        block,
+                        [&a[..n], &b[..n], &c[..n], &d[..n]],
+                        groups,
+                        out,
+                    ),
+                    _ => {}
+                }
+            }
+            return;
+        }
+    }
+    for (lut, row) in luts.iter().zip(out.iter_mut()) {
+        block_sums(level, layout, block, lut, row);
+    }
 }
 
 // The AVX-512 intrinsics are stable since Rust 1.89; so are the `avx512*` target features the
@@ -116,60 +161,61 @@ mod x86 {
         }
     }
 
-    /// AVX-512 VBMI + VNNI nibble kernel: one quad (4 groups × 32 vectors, 64 bytes) per step.
-    /// `vpermb` looks each nibble up in the quad's four 16-entry tables (index `16 j + code`
-    /// for byte `4 i + j`), `vpdpbusd` adds each vector's 4 entries into its `u32` lane.
+    /// AVX-512 VBMI + VNNI nibble kernel for `Q` queries at once (codes are decoded once per
+    /// quad): one quad (4 groups × 32 vectors, 64 bytes) per step. `vpermb` looks each nibble up
+    /// in the quad's four 16-entry tables (index `16 j + code` for byte `4 i + j`), `vpdpbusd`
+    /// adds each vector's 4 entries into its `u32` lane. `ACC` independent accumulators per
+    /// query hide the `vpdpbusd` latency.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F/BW/VBMI/VNNI; `block` and `lut` hold `16 · groups`
-    /// bytes and `groups` is a multiple of 4.
+    /// The CPU must support AVX-512 F/BW/VBMI/VNNI; `block` and every `luts[q]` hold
+    /// `16 · groups` bytes, `groups` is a multiple of 4 and `out` has `Q` rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-    pub unsafe fn nibble_vnni(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
+    pub unsafe fn nibble_vnni<const Q: usize, const ACC: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[u32; BLOCK]],
+    ) {
         let mask = _mm512_set1_epi8(0x0F);
         let sel = _mm512_set1_epi32(0x3020_1000);
         let ones = _mm512_set1_epi8(1);
-        // Independent accumulators per quad mod ACC: `vpdpbusd` has a multi-cycle latency.
-        const ACC: usize = 4;
-        let mut lo = [_mm512_setzero_si512(); ACC];
+        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
         let mut hi = lo;
-        let step = |c: usize| {
+        let mut step = |c: usize, a: usize| {
             // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
-            let (x, t) = unsafe {
-                (
-                    _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()),
-                    _mm512_loadu_si512(lut.as_ptr().add(64 * c).cast()),
-                )
-            };
+            let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
             // (x & 0x0F) | sel, as one ternary-logic op (A & B) | C.
             let il = _mm512_ternarylogic_epi32::<0xEA>(x, mask, sel);
             let ih = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(x), mask, sel);
-            (
-                _mm512_permutexvar_epi8(il, t),
-                _mm512_permutexvar_epi8(ih, t),
-            )
+            for q in 0..Q {
+                // SAFETY: as above, for each table.
+                let t = unsafe { _mm512_loadu_si512(luts[q].as_ptr().add(64 * c).cast()) };
+                lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], _mm512_permutexvar_epi8(il, t), ones);
+                hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], _mm512_permutexvar_epi8(ih, t), ones);
+            }
         };
         let quads = groups / 4;
         let full = quads / ACC * ACC;
         for c0 in (0..full).step_by(ACC) {
             for a in 0..ACC {
-                let (l, h) = step(c0 + a);
-                lo[a] = _mm512_dpbusd_epi32(lo[a], l, ones);
-                hi[a] = _mm512_dpbusd_epi32(hi[a], h, ones);
+                step(c0 + a, a);
             }
         }
         for c in full..quads {
-            let (l, h) = step(c);
-            lo[0] = _mm512_dpbusd_epi32(lo[0], l, ones);
-            hi[0] = _mm512_dpbusd_epi32(hi[0], h, ones);
+            step(c, 0);
         }
-        let sum = |v: [__m512i; ACC]| {
-            _mm512_add_epi32(_mm512_add_epi32(v[0], v[1]), _mm512_add_epi32(v[2], v[3]))
-        };
-        let (lo, hi) = (sum(lo), sum(hi));
-        // SAFETY: `out` is 32 `u32` = two 64-byte vectors.
-        unsafe {
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), lo);
-            _mm512_storeu_si512(out.as_mut_ptr().add(16).cast(), hi);
+        for (q, row) in out.iter_mut().enumerate().take(Q) {
+            let (mut l, mut h) = (lo[q][0], hi[q][0]);
+            for a in 1..ACC {
+                l = _mm512_add_epi32(l, lo[q][a]);
+                h = _mm512_add_epi32(h, hi[q][a]);
+            }
+            // SAFETY: `row` is 32 `u32` = two 64-byte vectors.
+            unsafe {
+                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
+                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
+            }
         }
     }
 
@@ -331,10 +377,27 @@ mod tests {
                 .collect();
             let mut want = [0u32; BLOCK];
             portable_sums(SimdLevel::Scalar, &layout, &block, &lut, &mut want);
+            let other: Vec<u8> = lut.iter().map(|&v| v.wrapping_mul(7)).collect();
+            let mut want_other = [0u32; BLOCK];
+            portable_sums(SimdLevel::Scalar, &layout, &block, &other, &mut want_other);
             for level in SimdLevel::available() {
                 let mut got = [0u32; BLOCK];
                 block_sums(level, &layout, &block, &lut, &mut got);
                 assert_eq!(got, want, "{level:?} dim {dim} bits {bits}");
+                for q in 1..=MULTI {
+                    let luts: Vec<&[u8]> = (0..q)
+                        .map(|i| if i % 2 == 0 { &lut[..] } else { &other[..] })
+                        .collect();
+                    let mut rows = vec![[0u32; BLOCK]; q];
+                    block_sums_multi(level, &layout, &block, &luts, &mut rows);
+                    for (i, row) in rows.iter().enumerate() {
+                        assert_eq!(
+                            *row,
+                            if i % 2 == 0 { want } else { want_other },
+                            "{level:?} multi {q}"
+                        );
+                    }
+                }
             }
         }
     }

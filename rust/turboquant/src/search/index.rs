@@ -1,13 +1,11 @@
 //! The flat index: append-only storage with stable ids, tombstones, and the exhaustive scan.
 
-use super::fastscan::block_sums;
-use super::filter::{allowed_slots, block_bits, Filter, SlotBits};
+use super::filter::{allowed_slots, Filter, SlotBits};
 use super::layout::{Layout, QueryTables, BLOCK};
-use super::score::{dequantize_sums, keys_at_least};
+use super::scan::Scan;
 use super::storage::Bytes;
 use super::topk::{Hit, TopK};
 use crate::error::{Error, Result};
-use crate::packing::unpack_row;
 use crate::parallel;
 use crate::quantizer::{Mode, Quantizer, ScaleMode};
 use crate::simd::{active_level, kernels, SimdLevel};
@@ -21,8 +19,9 @@ pub const NO_ID: u64 = u64::MAX;
 pub const MAX_ID: u64 = i64::MAX as u64;
 /// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
 pub const RERANK_FACTOR: usize = 4;
-/// Blocks scanned per query before moving to the next query of a tile (cache blocking).
-const TILE_BLOCKS: usize = 16;
+/// For `b ≤ 4` the `u8`-table scan keeps `REFINE_FACTOR ×` the candidates, re-scored with
+/// the `f32` tables (recovers the table rounding; see `benches/RESULTS.md`).
+pub const REFINE_FACTOR: usize = 2;
 
 /// Similarity of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -379,26 +378,38 @@ impl Index {
             &self.dead,
             self.slots.len() < n,
         );
-        let keep = if self.rerank {
+        // Stages: the u8-table scan keeps REFINE_FACTOR× the candidates of the next stage, the
+        // f32 tables re-score them; with re-ranking, RERANK_FACTOR·k go to the fp16 originals.
+        let level = params.level;
+        let fast = self.layout.group_bits() > 0 && !params.float_tables;
+        let staged = if self.rerank {
             k.saturating_mul(RERANK_FACTOR)
         } else {
             k
+        };
+        let keep = if fast {
+            staged.saturating_mul(REFINE_FACTOR)
+        } else {
+            staged
         };
         let queries: Vec<f32> = if self.metric == Metric::Cosine {
             normalize_rows(queries, d)
         } else {
             queries.to_vec()
         };
+        let tables = self.query_tables(&queries, level);
         let scan = Scan {
             index: self,
+            tables: &tables,
             allowed: allowed.as_deref(),
-            params,
+            level,
+            float_tables: params.float_tables,
             keep,
         };
         let nblocks = n.div_ceil(BLOCK);
         let threads = parallel::num_threads().max(1);
-        let q_chunk = nq.div_ceil(4 * threads).max(1);
-        let b_parts = (4 * threads)
+        let q_chunk = nq.div_ceil(threads).max(1);
+        let b_parts = threads
             .div_ceil(nq.div_ceil(q_chunk))
             .clamp(1, nblocks.max(1));
         let b_chunk = nblocks.div_ceil(b_parts).max(1);
@@ -411,7 +422,7 @@ impl Index {
                 .map(|&(qc, bp)| {
                     let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
                     let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
-                    scan.run(&queries[qs.start * d..qs.end * d], bs)
+                    scan.run(qs, bs)
                 })
                 .collect()
         });
@@ -432,14 +443,25 @@ impl Index {
             scores: vec![worst; nq * k],
             ids: vec![NO_ID; nq * k],
         };
-        for (qi, top) in merged.into_iter().enumerate() {
-            let q = &queries[qi * d..(qi + 1) * d];
-            let mut hits = top.into_sorted();
-            if self.rerank {
-                hits = self.rerank_hits(q, hits, k);
-            }
+        let finished: Vec<Vec<Hit>> = parallel::install(|| {
+            merged
+                .into_par_iter()
+                .enumerate()
+                .map(|(qi, top)| {
+                    let mut hits = top.into_sorted();
+                    if fast {
+                        hits = self.refine_hits(&tables[qi], hits, staged);
+                    }
+                    if self.rerank {
+                        hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);
+                    }
+                    hits
+                })
+                .collect()
+        });
+        for (qi, hits) in finished.into_iter().enumerate() {
             let qn = if self.metric == Metric::L2 {
-                kernels::sum_squares(active_level(), q)
+                kernels::sum_squares(level, &queries[qi * d..(qi + 1) * d])
             } else {
                 0.0
             };
@@ -455,32 +477,19 @@ impl Index {
         Ok(out)
     }
 
-    /// Exact scores of the candidates from the fp16 originals; the best `k`, best first.
-    /// Keys: `⟨q, x⟩` (ip, cosine on normalized rows) or `−‖q − x‖²` (L2).
-    fn rerank_hits(&self, q: &[f32], hits: Vec<Hit>, k: usize) -> Vec<Hit> {
-        let d = self.dim();
-        let orig = self.originals.as_slice();
-        let mut row = vec![0.0f32; d];
-        let mut top = TopK::new(k);
-        for h in hits {
-            let bytes = &orig[2 * d * h.slot..2 * d * (h.slot + 1)];
-            for (r, c) in row.iter_mut().zip(bytes.chunks_exact(2)) {
-                *r = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-            let score = if self.metric == Metric::L2 {
-                -row.iter()
-                    .zip(q)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f32>()
-            } else {
-                kernels::dot(active_level(), q, &row)
-            };
-            top.push(Hit {
-                score,
-                slot: h.slot,
-            });
-        }
-        top.into_sorted()
+    /// Lookup tables of each (row-major) query, rotated once.
+    fn query_tables(&self, queries: &[f32], level: SimdLevel) -> Vec<QueryTables> {
+        let q = &self.quantizer;
+        parallel::install(|| {
+            queries
+                .par_chunks_exact(self.dim())
+                .map(|query| {
+                    let mut rq = query.to_vec();
+                    q.rotation().apply_at(level, &mut rq);
+                    QueryTables::new(&self.layout, &rq, q.codebook().centroids(), q.bits())
+                })
+                .collect()
+        })
     }
 
     fn rows(&self, len: usize, what: &str) -> Result<usize> {
@@ -506,120 +515,4 @@ fn normalize_rows(x: &[f32], d: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// One search's shared state: what each worker needs to scan a range of blocks.
-struct Scan<'a> {
-    index: &'a Index,
-    allowed: Option<&'a [u64]>,
-    params: &'a SearchParams<'a>,
-    keep: usize,
-}
-
-impl Scan<'_> {
-    /// Scans blocks `bs` for each query of `queries` (row-major); one [`TopK`] per query.
-    fn run(&self, queries: &[f32], bs: std::ops::Range<usize>) -> Vec<TopK> {
-        let ix = self.index;
-        let (d, level) = (ix.dim(), self.params.level);
-        let q = &ix.quantizer;
-        let tables: Vec<QueryTables> = queries
-            .chunks_exact(d)
-            .map(|query| {
-                let mut rq = query.to_vec();
-                q.rotation().apply_at(level, &mut rq);
-                QueryTables::new(&ix.layout, &rq, q.codebook().centroids(), q.bits())
-            })
-            .collect();
-        let mut tops: Vec<TopK> = tables.iter().map(|_| TopK::new(self.keep)).collect();
-        let mut est = [0.0f32; BLOCK];
-        let mut keys = [0.0f32; BLOCK];
-        let mut sums = [0u32; BLOCK];
-        let mut codes = vec![0u8; d];
-        let codes_all = ix.codes.as_slice();
-        let bb = ix.layout.block_bytes();
-        let n = ix.ids.len();
-        let mut t0 = bs.start;
-        while t0 < bs.end {
-            let t1 = (t0 + TILE_BLOCKS).min(bs.end);
-            for (t, top) in tables.iter().zip(tops.iter_mut()) {
-                for b in t0..t1 {
-                    let valid = if (b + 1) * BLOCK <= n {
-                        u32::MAX
-                    } else {
-                        (1u32 << (n - b * BLOCK)) - 1
-                    };
-                    let mask = self.allowed.map_or(valid, |a| block_bits(a, b) & valid);
-                    if mask == 0 {
-                        continue;
-                    }
-                    let block = &codes_all[b * bb..(b + 1) * bb];
-                    self.estimate(t, block, mask, &mut sums, &mut codes, &mut est);
-                    let slots = b * BLOCK..((b + 1) * BLOCK).min(n);
-                    let sq = if ix.metric == Metric::L2 {
-                        &ix.sq_norms[slots.clone()]
-                    } else {
-                        &[][..]
-                    };
-                    // L2 ranks by 2⟨q, x⟩ − ‖x‖² (the constant ‖q‖² is added back at the end).
-                    let mut m = mask
-                        & keys_at_least(
-                            level,
-                            &est,
-                            &ix.scales[slots],
-                            sq,
-                            top.threshold(),
-                            &mut keys,
-                        );
-                    while m != 0 {
-                        let v = m.trailing_zeros() as usize;
-                        m &= m - 1;
-                        top.push(Hit {
-                            score: keys[v],
-                            slot: b * BLOCK + v,
-                        });
-                    }
-                }
-            }
-            t0 = t1;
-        }
-        tops
-    }
-
-    /// Table estimates of `⟨R q, c⟩` for the vectors of `block` selected by `mask`.
-    fn estimate(
-        &self,
-        t: &QueryTables,
-        block: &[u8],
-        mask: u32,
-        sums: &mut [u32; BLOCK],
-        codes: &mut [u8],
-        est: &mut [f32; BLOCK],
-    ) {
-        let ix = self.index;
-        let level = self.params.level;
-        match ix.layout {
-            Layout::Rows { row_bytes, bits } => {
-                let k = 1usize << bits;
-                let mut m = mask;
-                while m != 0 {
-                    let v = m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    unpack_row(&block[v * row_bytes..(v + 1) * row_bytes], bits, codes);
-                    est[v] = kernels::lut_sum(level, &t.float, k, codes);
-                }
-            }
-            _ if self.params.float_tables => {
-                let mut m = mask;
-                while m != 0 {
-                    let v = m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    est[v] = t.exact_score(&ix.layout, block, v);
-                }
-            }
-            _ => {
-                block_sums(level, &ix.layout, block, &t.lut, sums);
-                dequantize_sums(level, sums, t.delta, t.base, est);
-            }
-        }
-    }
 }

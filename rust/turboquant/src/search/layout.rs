@@ -226,8 +226,9 @@ impl QueryTables {
             .chunks_exact(size)
             .zip(&mins)
             .flat_map(|(t, &lo)| {
+                // v ≥ lo, so adding 0.5 and truncating rounds to nearest.
                 t.iter()
-                    .map(move |&v| ((v - lo) * inv).round().min(255.0) as u8)
+                    .map(move |&v| ((v - lo) * inv + 0.5).min(255.0) as u8)
             })
             .collect();
         QueryTables {

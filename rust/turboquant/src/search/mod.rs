@@ -18,6 +18,8 @@ pub mod filter;
 pub mod index;
 pub mod layout;
 mod persist;
+mod rescore;
+pub mod scan;
 pub mod score;
 pub mod storage;
 pub mod topk;

@@ -151,8 +151,11 @@ fn sample_index(bits: u8, metric: Metric, rerank: bool, n: usize, d: usize) -> (
 
 #[test]
 fn every_simd_level_returns_identical_results() {
-    for bits in 1..=8u8 {
-        let (index, x) = sample_index(bits, Metric::InnerProduct, false, 1000, 72);
+    let cases = (1..=8u8)
+        .map(|b| (b, Metric::InnerProduct))
+        .chain([(4, Metric::L2), (3, Metric::Cosine)]);
+    for (bits, metric) in cases {
+        let (index, x) = sample_index(bits, metric, false, 1000, 72);
         let q = &x[..5 * 72];
         let want = index
             .search_with(

@@ -1,7 +1,7 @@
 //! From per-block table estimates to ranking keys, and the mask of those that can enter a top-k.
 
 use super::layout::BLOCK;
-use crate::simd::multiversion;
+use crate::simd::{multiversion, SimdLevel};
 
 /// Keys of the block's first `scales.len()` vectors from the estimates `est` of `⟨R q, c⟩`:
 /// `s · est` or, with `sq_norms` non-empty (L2), `2 s · est − ‖x‖²`; returns the bit mask of
@@ -36,8 +36,8 @@ fn keys_mask(
 }
 
 multiversion! {
-    /// [`keys_from_estimates`] for `u8`-table sums: `est = delta · sums + base`.
-    pub fn keys_from_sums(
+    /// Portable [`keys_from_sums`].
+    pub fn keys_from_sums_portable(
         sums: &[u32; BLOCK],
         delta: f32,
         base: f32,
@@ -52,6 +52,73 @@ multiversion! {
         }
         keys_mask(&est, scales, sq_norms, threshold, keys)
     }
+}
+
+/// [`keys_from_estimates`] for `u8`-table sums: `est = delta · sums + base` (bit-exact at
+/// every level: the same float operations in the same order).
+#[allow(clippy::too_many_arguments)]
+pub fn keys_from_sums(
+    level: SimdLevel,
+    sums: &[u32; BLOCK],
+    delta: f32,
+    base: f32,
+    scales: &[f32],
+    sq_norms: &[f32],
+    threshold: f32,
+    keys: &mut [f32; BLOCK],
+) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if level.supported() == SimdLevel::Avx512
+        && scales.len() == BLOCK
+        && (sq_norms.is_empty() || sq_norms.len() == BLOCK)
+    {
+        // SAFETY: AVX-512 F was detected (`supported`); the slices hold a full block.
+        return unsafe { keys_avx512(sums, delta, base, scales, sq_norms, threshold, keys) };
+    }
+    keys_from_sums_portable(level, sums, delta, base, scales, sq_norms, threshold, keys)
+}
+
+/// AVX-512 [`keys_from_sums`] for a full block: two 16-lane halves, mask from `vcmpps`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `scales` has [`BLOCK`] entries and `sq_norms` none or [`BLOCK`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since 1.89, see `fastscan`
+#[target_feature(enable = "avx512f")]
+unsafe fn keys_avx512(
+    sums: &[u32; BLOCK],
+    delta: f32,
+    base: f32,
+    scales: &[f32],
+    sq_norms: &[f32],
+    threshold: f32,
+    keys: &mut [f32; BLOCK],
+) -> u32 {
+    use std::arch::x86_64::*;
+    let (d, b, t, two) = (
+        _mm512_set1_ps(delta),
+        _mm512_set1_ps(base),
+        _mm512_set1_ps(threshold),
+        _mm512_set1_ps(2.0),
+    );
+    let mut mask = 0u32;
+    for h in 0..2 {
+        // SAFETY: `16 h + 16 ≤ BLOCK` for every buffer read or written (caller's contract).
+        unsafe {
+            let s = _mm512_cvtepu32_ps(_mm512_loadu_si512(sums.as_ptr().add(16 * h).cast()));
+            let est = _mm512_add_ps(_mm512_mul_ps(d, s), b);
+            let sc = _mm512_loadu_ps(scales.as_ptr().add(16 * h));
+            let key = if sq_norms.is_empty() {
+                _mm512_mul_ps(sc, est)
+            } else {
+                let sq = _mm512_loadu_ps(sq_norms.as_ptr().add(16 * h));
+                _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(two, sc), est), sq)
+            };
+            _mm512_storeu_ps(keys.as_mut_ptr().add(16 * h), key);
+            mask |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(key, t) as u32) << (16 * h);
+        }
+    }
+    mask
 }
 
 multiversion! {

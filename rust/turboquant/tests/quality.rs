@@ -66,7 +66,7 @@ fn adversarial(d: usize) -> Vec<f32> {
 
 #[test]
 fn worst_case_inputs_are_no_worse_than_random() {
-    // 256/512 and 1024/1536 straddle the two-round threshold (blocks of 512)
+    // 128 vs 256 straddles the two-round threshold (Hadamard blocks of 256 and more)
     for d in [64usize, 96, 128, 256, 384, 512, 768, 1024, 1536] {
         let adv = adversarial(d);
         let rnd = unit_rows(gaussian(4000, d, 5), d);

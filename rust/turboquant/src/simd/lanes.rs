@@ -58,10 +58,11 @@ trait Row: Copy {
         Self::load(&codes.map(|c| table[c as usize]))
     }
     /// For a full 16-entry codebook: `(code, centroid)` per lane of the scaled coordinates `y`,
-    /// code = number of `boundaries` strictly below. The default is a compare-and-select sweep.
+    /// code = number of the 15 `boundaries` strictly below (the 16th entry is +∞ padding).
+    /// The default is a compare-and-select sweep.
     #[inline(always)]
-    fn encode16(y: Self, boundaries: &[f32], centroids: &[f32]) -> (Self, Self) {
-        sweep(y, boundaries, centroids)
+    fn encode16(y: Self, boundaries: &[f32; 16], centroids: &[f32]) -> (Self, Self) {
+        sweep(y, &boundaries[..15], centroids)
     }
 }
 
@@ -357,15 +358,13 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn encode16(y: Self, boundaries: &[f32], centroids: &[f32]) -> (Self, Self) {
+        fn encode16(y: Self, boundaries: &[f32; 16], centroids: &[f32]) -> (Self, Self) {
             // Branchless binary search with in-register 16-entry table lookups (vpermps):
             // the same count of boundaries below `y` as the sweep, in 4 steps instead of 15.
-            debug_assert_eq!((boundaries.len(), centroids.len()), (15, 16));
-            let mut padded = [f32::INFINITY; 16];
-            padded[..15].copy_from_slice(boundaries);
+            debug_assert_eq!(centroids.len(), 16);
             // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each.
             unsafe {
-                let table = _mm512_loadu_ps(padded.as_ptr());
+                let table = _mm512_loadu_ps(boundaries.as_ptr());
                 let mut idx = _mm512_setzero_si512();
                 for step in [8, 4, 2, 1] {
                     let probe = _mm512_add_epi32(idx, _mm512_set1_epi32(step - 1));
@@ -551,11 +550,15 @@ lane_kernel! {
         let inv = R::load(inv);
         let mut dot = [R::splat(0.0); LANES];
         let mut sq = [R::splat(0.0); LANES];
+        let mut padded = [f32::INFINITY; 16];
+        if boundaries.len() == 15 {
+            padded[..15].copy_from_slice(boundaries);
+        }
         for (j, ((r, c), v)) in x.iter().zip(codes.iter_mut()).zip(values.iter_mut()).enumerate() {
             let xr = R::load(r);
             let y = xr.mul(inv);
             let (code, val) = match centroids.len() {
-                16 => R::encode16(y, boundaries, centroids),
+                16 => R::encode16(y, &padded, centroids),
                 k if k < 16 => sweep(y, boundaries, centroids),
                 _ => binary_search(y, boundaries, centroids),
             };

@@ -33,24 +33,12 @@ trait Row: Copy {
     /// `out[j][l] = rows[l·dim + j]` for the `m = rows.len()/dim ≤ LANES` rows, zero beyond.
     #[inline(always)]
     fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
-        let m = rows.len() / dim;
-        for (l, row) in rows.chunks_exact(dim).enumerate() {
-            for (lane, &v) in out.iter_mut().zip(row) {
-                lane[l] = v;
-            }
-        }
-        for lane in out.iter_mut() {
-            lane[m..].fill(0.0);
-        }
+        portable_load_rows(rows, dim, out)
     }
     /// The inverse of [`Row::load_rows`]: writes the first `rows.len()/dim` lanes out as rows.
     #[inline(always)]
     fn store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
-        for (l, row) in rows.chunks_exact_mut(dim).enumerate() {
-            for (v, lane) in row.iter_mut().zip(block) {
-                *v = lane[l];
-            }
-        }
+        portable_store_rows(block, dim, rows)
     }
     /// `table[codes[l]]` per lane.
     #[inline(always)]
@@ -63,6 +51,30 @@ trait Row: Copy {
     #[inline(always)]
     fn encode16(y: Self, boundaries: &[f32; 16], centroids: &[f32]) -> (Self, Self) {
         sweep(y, &boundaries[..15], centroids)
+    }
+}
+
+/// `out[j][l] = rows[l·dim + j]` for the `rows.len()/dim` rows, zero in the other lanes.
+#[inline(always)]
+fn portable_load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
+    let m = rows.len() / dim;
+    for (l, row) in rows.chunks_exact(dim).enumerate() {
+        for (lane, &v) in out.iter_mut().zip(row) {
+            lane[l] = v;
+        }
+    }
+    for lane in out.iter_mut() {
+        lane[m..].fill(0.0);
+    }
+}
+
+/// `rows[l·dim + j] = block[j][l]` for the `rows.len()/dim` rows.
+#[inline(always)]
+fn portable_store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
+    for (l, row) in rows.chunks_exact_mut(dim).enumerate() {
+        for (v, lane) in row.iter_mut().zip(block) {
+            *v = lane[l];
+        }
     }
 }
 
@@ -277,16 +289,7 @@ mod x86 {
         fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
             let m = rows.len() / dim;
             if m < 16 {
-                // partial blocks and huge dims: the portable path
-                for (l, row) in rows.chunks_exact(dim).enumerate() {
-                    for (lane, &v) in out.iter_mut().zip(row) {
-                        lane[l] = v;
-                    }
-                }
-                for lane in out.iter_mut() {
-                    lane[m..].fill(0.0);
-                }
-                return;
+                return super::portable_load_rows(rows, dim, out);
             }
             // Whole 16×16 tiles are transposed in registers; a dim tail goes the portable way.
             let tiles = dim / 16;
@@ -314,12 +317,7 @@ mod x86 {
         #[inline(always)]
         fn store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
             if rows.len() / dim < 16 {
-                for (l, row) in rows.chunks_exact_mut(dim).enumerate() {
-                    for (v, lane) in row.iter_mut().zip(block) {
-                        *v = lane[l];
-                    }
-                }
-                return;
+                return super::portable_store_rows(block, dim, rows);
             }
             let tiles = dim / 16;
             for t in 0..tiles {

@@ -10,6 +10,7 @@ from .codebook import Codebook, LloydMaxCodebook, codebook_distortion, get_codeb
 from .core import MSEQuantizedOutput, TurboQuant, TurboQuantMSE, TurboQuantOutput
 from .hadamard import RandomizedHadamardTransform, fwht
 from .qjl import QJL, QJLOutput, pack_bits, unpack_bits
+from .vector_search import TurboQuantIndex
 
 __version__ = _native.__version__
 
@@ -17,6 +18,7 @@ __all__ = [
     "TurboQuant",
     "TurboQuantOutput",
     "TurboQuantMSE",
+    "TurboQuantIndex",
     "MSEQuantizedOutput",
     "QJL",
     "QJLOutput",

@@ -18,6 +18,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "2")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
+
 import turboquant_rs as tq
 
 THREADS = 2

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
-import turboquant_rs as tq
 from conftest import unit_rows
+
+import turboquant_rs as tq
 
 PAPER_D1536 = [0.3634, 0.1175, 0.03455, 0.009501]
 BETA_D128 = [0.36089, 0.11600, 0.033966, 0.009315]

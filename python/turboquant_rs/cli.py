@@ -29,7 +29,11 @@ def load_vectors(data: Path | None, n: int) -> tuple[np.ndarray, np.ndarray, str
             return base, queries, f"wiki-MiniLM embeddings ({folder})"
     rng = np.random.default_rng(0)
     base = rng.standard_normal((n, 384)).astype(np.float32)
-    return base, rng.standard_normal((1000, 384)).astype(np.float32), "seeded Gaussian vectors (no data folder)"
+    return (
+        base,
+        rng.standard_normal((1000, 384)).astype(np.float32),
+        "seeded Gaussian vectors (no data folder)",
+    )
 
 
 def demo(data: Path | None, n: int) -> None:
@@ -37,7 +41,9 @@ def demo(data: Path | None, n: int) -> None:
     base, queries, what = load_vectors(data, n)
     n, d = base.shape
     print(f"turboquant-rs {__version__}: {n} x {d} {what}; SIMD {simd_level()}, {num_threads()} threads\n")
-    print("| bits | mode | D_mse measured | D_mse theory (d) | paper d→∞ | bytes/vector | ratio vs fp32 | vec/s | IP rmse |")
+    print(
+        "| bits | mode | D_mse measured | D_mse theory (d) | paper d→∞ | bytes/vector | ratio vs fp32 | vec/s | IP rmse |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     exact = queries[:100] @ base.T
     for bits in (1, 2, 3, 4):

@@ -82,7 +82,8 @@ def main() -> None:
             print(
                 f"| {d} | {b} | {q_rate / 1e6:.3f} M/s | {tt_q / 1e6:.4f} M/s | {q_rate / tt_q:.0f}× "
                 f"| {faiss_enc / 1e6:.3f} M/s | {q_rate / faiss_enc:.2f}× | {dq_rate / 1e6:.3f} M/s "
-                f"| {tt_dq / 1e6:.4f} M/s | {faiss_dec / 1e6:.3f} M/s | {out.nbytes / n:.0f} | {tt_bytes:.0f} |",
+                f"| {tt_dq / 1e6:.4f} M/s | {faiss_dec / 1e6:.3f} M/s "
+                f"| {out.nbytes / n:.0f} | {tt_bytes:.0f} |",
                 flush=True,
             )
 

@@ -59,31 +59,14 @@ pub fn block_sums(
     lut: &[u8],
     out: &mut [u32; BLOCK],
 ) {
-    let block = &block[..layout.block_bytes()];
-    let lut = &lut[..layout.lut_bytes()];
-    #[cfg(target_arch = "x86_64")]
-    match (*layout, level.supported()) {
-        (Layout::Nibble { .. }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
-            return block_sums_multi(level, layout, block, &[lut], std::slice::from_mut(out));
-        }
-        (Layout::Nibble { groups, .. }, SimdLevel::Avx2 | SimdLevel::Avx512) => {
-            // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
-            return unsafe { x86::nibble_avx2(block, lut, groups, out) };
-        }
-        (Layout::Pair { groups }, SimdLevel::Avx512) if x86::has_vbmi_vnni() => {
-            // SAFETY: AVX-512 F/BW and VBMI were detected; the slices hold `groups` groups.
-            return unsafe { x86::pair_vbmi(block, lut, groups, out) };
-        }
-        _ => {}
-    }
-    portable_sums(level, layout, block, lut, out)
+    block_sums_multi(level, layout, block, &[lut], std::slice::from_mut(out));
 }
 
 /// Largest number of queries [`block_sums_multi`] scores per pass over a block.
 pub const MULTI: usize = 4;
 
 /// [`block_sums`] for up to [`MULTI`] queries at once (`luts.len() == out.len()`): with the
-/// AVX-512 VBMI/VNNI nibble kernel the block's codes are decoded once for all of them.
+/// AVX-512 VBMI kernels the block's codes are decoded once for all of them.
 pub fn block_sums_multi(
     level: SimdLevel,
     layout: &Layout,
@@ -95,34 +78,62 @@ pub fn block_sums_multi(
         luts.len() == out.len() && luts.len() <= MULTI,
         "one output row per table"
     );
+    let block = &block[..layout.block_bytes()];
+    let n = layout.lut_bytes();
     #[cfg(target_arch = "x86_64")]
-    if let (Layout::Nibble { groups, .. }, SimdLevel::Avx512) = (*layout, level.supported()) {
-        if x86::has_vbmi_vnni() {
-            let (block, n) = (&block[..16 * groups], 16 * groups);
-            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
-            // sliced to `16 · groups` bytes (a multiple of 64) and `out` has one row per table.
-            unsafe {
+    if level.supported() == SimdLevel::Avx512 && x86::has_vbmi_vnni() {
+        /// Calls `$kernel::<Q, …>` with the tables as a `[&[u8]; Q]` of `n` bytes each.
+        macro_rules! by_count {
+            ($kernel:ident, $groups:expr, [$($extra:tt)*]) => {
                 match luts {
-                    [a] => x86::nibble_vnni::<1, 4>(block, [&a[..n]], groups, out),
-                    [a, b] => x86::nibble_vnni::<2, 2>(block, [&a[..n], &b[..n]], groups, out),
-                    [a, b, c] => {
-                        x86::nibble_vnni::<3, 2>(block, [&a[..n], &b[..n], &c[..n]], groups, out)
-                    }
-                    [a, b, c, d] => x86::nibble_vnni::<4, 1>(
-                        block,
-                        [&a[..n], &b[..n], &c[..n], &d[..n]],
-                        groups,
-                        out,
-                    ),
+                    [a] => x86::$kernel::<1 $($extra)*>(block, [&a[..n]], $groups, out),
+                    [a, b] => x86::$kernel::<2 $($extra)*>(block, [&a[..n], &b[..n]], $groups, out),
+                    [a, b, c] => x86::$kernel::<3 $($extra)*>(block, [&a[..n], &b[..n], &c[..n]], $groups, out),
+                    [a, b, c, d] => x86::$kernel::<4 $($extra)*>(block, [&a[..n], &b[..n], &c[..n], &d[..n]], $groups, out),
                     _ => {}
                 }
-            }
-            return;
+            };
+        }
+        match *layout {
+            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
+            // sliced to the layout's sizes and `out` has one row per table.
+            Layout::Nibble { groups, .. } => unsafe {
+                match luts.len() {
+                    1 => by_count!(nibble_vnni, groups, [, 4]),
+                    4 => by_count!(nibble_vnni, groups, [, 1]),
+                    _ => by_count!(nibble_vnni, groups, [, 2]),
+                }
+                return;
+            },
+            // SAFETY: as above.
+            Layout::Pair { groups } => unsafe {
+                by_count!(pair_vbmi, groups, []);
+                return;
+            },
+            Layout::Rows { .. } => {}
         }
     }
     for (lut, row) in luts.iter().zip(out.iter_mut()) {
-        block_sums(level, layout, block, lut, row);
+        fallback_sums(level, layout, block, &lut[..n], row);
     }
+}
+
+/// [`block_sums`] without AVX-512 VBMI: the AVX2 nibble kernel or the portable body.
+fn fallback_sums(
+    level: SimdLevel,
+    layout: &Layout,
+    block: &[u8],
+    lut: &[u8],
+    out: &mut [u32; BLOCK],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Layout::Nibble { groups, .. }, SimdLevel::Avx2 | SimdLevel::Avx512) =
+        (*layout, level.supported())
+    {
+        // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
+        return unsafe { x86::nibble_avx2(block, lut, groups, out) };
+    }
+    portable_sums(level, layout, block, lut, out)
 }
 
 // The AVX-512 intrinsics are stable since Rust 1.89; so are the `avx512*` target features the
@@ -271,14 +282,23 @@ mod x86 {
         }
     }
 
-    /// AVX-512 VBMI pair (3-bit) kernel: one 48-byte step (2 groups × 32 vectors) per iteration.
+    /// AVX-512 VBMI pair (3-bit) kernel for `Q` queries at once: one 48-byte step (2 groups ×
+    /// 32 vectors) per iteration; the 64 6-bit codes are cut out once (`vpermb` +
+    /// `vpmultishiftqb`) and looked up in each query's two 64-entry tables (`vpermt2b`).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F/BW and VBMI; `block` holds `24 · groups` bytes, `lut`
-    /// `64 · groups`, and `groups` is even.
+    /// The CPU must support AVX-512 F/BW and VBMI; `block` holds `24 · groups` bytes, every
+    /// `luts[q]` `64 · groups`, `groups` is even and `out` has `Q` rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    pub unsafe fn pair_vbmi(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
-        *out = [0; BLOCK];
+    pub unsafe fn pair_vbmi<const Q: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[u32; BLOCK]],
+    ) {
+        for row in out.iter_mut() {
+            *row = [0; BLOCK];
+        }
         let steps = groups / 2;
         // Byte r of qword q gathers source byte 6q + r: qword q then starts at stream bit 48q,
         // where positions 8q..8q+8 begin, and position 8q + r sits at bit 6r of it.
@@ -291,39 +311,33 @@ mod x86 {
         let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
         let six = _mm512_set1_epi8(0x3F);
         // Positions 32..64 belong to the step's second group: bit 6 picks the second table.
-        let second = _mm512_set_epi64(
-            0x4040_4040_4040_4040u64 as i64,
-            0x4040_4040_4040_4040u64 as i64,
-            0x4040_4040_4040_4040u64 as i64,
-            0x4040_4040_4040_4040u64 as i64,
-            0,
-            0,
-            0,
-            0,
-        );
+        let sel = 0x4040_4040_4040_4040u64 as i64;
+        let second = _mm512_set_epi64(sel, sel, sel, sel, 0, 0, 0, 0);
         let mut s0 = 0;
         while s0 < steps {
             let s1 = (s0 + CHUNK).min(steps);
-            let z = _mm512_setzero_si512();
-            let (mut raw, mut odd) = (z, z);
+            let mut raw = [_mm512_setzero_si512(); Q];
+            let mut odd = raw;
             for s in s0..s1 {
                 // SAFETY: the masked load reads bytes `48 s .. 48 s + 48` only (masked-out bytes
-                // are not accessed), and the tables `128 s .. 128 s + 128`, all in bounds.
-                let (x, ta, tb) = unsafe {
-                    (
-                        _mm512_maskz_loadu_epi8(
-                            0xFFFF_FFFF_FFFF,
-                            block.as_ptr().add(48 * s).cast(),
-                        ),
-                        _mm512_loadu_si512(lut.as_ptr().add(128 * s).cast()),
-                        _mm512_loadu_si512(lut.as_ptr().add(128 * s + 64).cast()),
-                    )
+                // are not accessed), in bounds.
+                let x = unsafe {
+                    _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, block.as_ptr().add(48 * s).cast())
                 };
                 let bits = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, x));
                 let idx = _mm512_or_si512(_mm512_and_si512(bits, six), second);
-                let v = _mm512_permutex2var_epi8(ta, idx, tb);
-                raw = _mm512_add_epi16(raw, v);
-                odd = _mm512_add_epi16(odd, _mm512_srli_epi16(v, 8));
+                for q in 0..Q {
+                    // SAFETY: tables `128 s .. 128 s + 128` of each query, in bounds.
+                    let (ta, tb) = unsafe {
+                        (
+                            _mm512_loadu_si512(luts[q].as_ptr().add(128 * s).cast()),
+                            _mm512_loadu_si512(luts[q].as_ptr().add(128 * s + 64).cast()),
+                        )
+                    };
+                    let v = _mm512_permutex2var_epi8(ta, idx, tb);
+                    raw[q] = _mm512_add_epi16(raw[q], v);
+                    odd[q] = _mm512_add_epi16(odd[q], _mm512_srli_epi16::<8>(v));
+                }
             }
             // Lanes 0, 1 and 2, 3 hold vectors 0..32 of the step's two groups: add them.
             let fold = |v: __m512i| {
@@ -332,17 +346,17 @@ mod x86 {
                     _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
                 )
             };
-            let (even, odd) = (
-                fold(_mm512_sub_epi16(raw, _mm512_slli_epi16(odd, 8))),
-                fold(odd),
-            );
             let half = |v: __m512i| _mm512_extracti64x4_epi64::<1>(v);
-            store16(
-                _mm512_castsi512_si256(even),
-                _mm512_castsi512_si256(odd),
-                &mut out[..16],
-            );
-            store16(half(even), half(odd), &mut out[16..]);
+            for (q, row) in out.iter_mut().enumerate().take(Q) {
+                let even = fold(_mm512_sub_epi16(raw[q], _mm512_slli_epi16::<8>(odd[q])));
+                let odd = fold(odd[q]);
+                store16(
+                    _mm512_castsi512_si256(even),
+                    _mm512_castsi512_si256(odd),
+                    &mut row[..16],
+                );
+                store16(half(even), half(odd), &mut row[16..]);
+            }
             s0 = s1;
         }
     }

@@ -19,7 +19,7 @@ pub const NO_ID: u64 = u64::MAX;
 pub const MAX_ID: u64 = i64::MAX as u64;
 /// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
 pub const RERANK_FACTOR: usize = 4;
-/// For `b ≤ 4` the `u8`-table scan keeps `REFINE_FACTOR ×` the candidates, re-scored with
+/// For `b ≤ 4` (without re-ranking) the `u8`-table scan keeps `REFINE_FACTOR · k` candidates, re-scored with
 /// the `f32` tables (recovers the table rounding; see `benches/RESULTS.md`).
 pub const REFINE_FACTOR: usize = 2;
 
@@ -378,19 +378,16 @@ impl Index {
             &self.dead,
             self.slots.len() < n,
         );
-        // Stages: the u8-table scan keeps REFINE_FACTOR× the candidates of the next stage, the
-        // f32 tables re-score them; with re-ranking, RERANK_FACTOR·k go to the fp16 originals.
+        // Stages: with re-ranking, the scan keeps RERANK_FACTOR·k for the fp16 originals;
+        // otherwise the u8-table scan keeps REFINE_FACTOR·k, re-scored with the f32 tables.
         let level = params.level;
-        let fast = self.layout.group_bits() > 0 && !params.float_tables;
-        let staged = if self.rerank {
+        let refine = self.layout.group_bits() > 0 && !params.float_tables && !self.rerank;
+        let keep = if self.rerank {
             k.saturating_mul(RERANK_FACTOR)
+        } else if refine {
+            k.saturating_mul(REFINE_FACTOR)
         } else {
             k
-        };
-        let keep = if fast {
-            staged.saturating_mul(REFINE_FACTOR)
-        } else {
-            staged
         };
         let queries: Vec<f32> = if self.metric == Metric::Cosine {
             normalize_rows(queries, d)
@@ -449,8 +446,8 @@ impl Index {
                 .enumerate()
                 .map(|(qi, top)| {
                     let mut hits = top.into_sorted();
-                    if fast {
-                        hits = self.refine_hits(&tables[qi], hits, staged);
+                    if refine {
+                        hits = self.refine_hits(&tables[qi], hits, k);
                     }
                     if self.rerank {
                         hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);

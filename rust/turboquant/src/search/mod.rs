@@ -3,15 +3,25 @@
 //!
 //! **Scoring.** Vectors are stored as MSE-mode codes with the `proj` scale
 //! `s = ‖x‖ / ⟨y, ĉ⟩` ([`crate::ScaleMode::Proj`]), so `⟨q, x⟩ ≈ s · ⟨R q, ĉ⟩` (RaBitQ-style
-//! length correction; it measured better recall than the least-squares scale, see
-//! `benches/RESULTS.md`). A query is rotated once and `⟨R q, ĉ⟩` is a sum of per-group table
-//! entries. For `b ≤ 4` the tables are quantized to `u8` per query (one step `delta` and one
-//! offset per group) and scanned with in-register shuffles over blocks of 32 vectors
-//! ([`layout`], [`fastscan`]); `b ≥ 5` uses `f32` tables on the canonical rows. The scan is
-//! exhaustive over every live code; the per-thread top-k lists are merged exactly.
+//! length correction). Measured on wiki-MiniLM (77,573 × 384, recall@10 against exact search):
+//! `proj` 0.9471 / 0.8330 at 4 / 2 bits against 0.9464 / 0.8247 with the least-squares scale,
+//! so `proj` it is. A query is rotated once and `⟨R q, ĉ⟩` is a sum of per-group table entries.
+//!
+//! **Fast scan** (`b ≤ 4`). The tables are quantized to `u8` per query (one step `delta`, one
+//! offset per group, [`layout::QueryTables`]) and every code is scored by in-register table
+//! lookups over blocks of 32 vectors ([`layout`], [`fastscan`]), up to 4 queries per pass over
+//! a block. The scan keeps the best [`index::REFINE_FACTOR`]` · k` by the `u8` scores and
+//! re-scores them from their codes with the `f32` tables: on wiki-MiniLM this reproduces the
+//! top-10 of an exhaustive `f32`-table scan exactly (agreement 1.0000 at 2 and 4 bits, a test
+//! holds it ≥ 0.99). Every live code is scored; there is no coarse shortlist. `b ≥ 5` scans the
+//! canonical rows with `f32` tables. Per-thread top-k lists are merged exactly (ties broken by
+//! insertion order), so results do not depend on the thread count or SIMD level.
 //!
 //! **Metrics.** `ip`; `cosine` (vectors and queries normalized); `l2` as
 //! `‖q‖² + ‖x‖² − 2⟨q, x⟩` with a stored `‖x‖²` per vector (4 bytes, counted).
+//!
+//! **Re-ranking** (opt-in): fp16 originals (2 bytes per coordinate, counted in
+//! [`Index::memory_bytes`]) re-score the best [`index::RERANK_FACTOR`]` · k` exactly.
 
 pub mod fastscan;
 pub mod filter;

@@ -1,0 +1,427 @@
+"""Vector search, one process, 2 threads: turboquant-rs vs FAISS, turbovec, turboquant-torch.
+
+Datasets: ../shared/data/wiki_minilm (77,573 × 384, 1,000 queries, exact top-100 given) and
+synthetic Gaussian 100,000 × 128 (1,000 Gaussian queries, ground truth by exact FAISS search).
+Metric: inner product, k = 10. Columns: bits/dim, build (train + add) seconds, QPS for one
+batch of 1,000 queries, median single-query latency, recall@10, recall@1@10 (true top-1 within
+the 10 returned), bytes per vector held.
+
+    python benches/bench_search.py [--out benches/RESULTS.md] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import turboquant_rs  # noqa: E402
+from turboquant_rs.vector_search import TurboQuantIndex  # noqa: E402
+
+THREADS = 2
+K = 10
+WIKI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wiki_minilm"
+SECTION = "## Vector search (issue 3)"
+
+
+@dataclass
+class Row:
+    dataset: str
+    method: str
+    bits: str
+    build_s: float
+    qps: float
+    latency_ms: float
+    recall10: float
+    recall1at10: float
+    bytes_per_vec: float
+    note: str = ""
+
+
+def recall_at(ids: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """(recall@10, recall@1@10) of the returned ids against the exact top-10."""
+    r10 = np.mean([len(set(a[:K].tolist()) & set(g[:K].tolist())) / K for a, g in zip(ids, gt, strict=True)])
+    r1 = np.mean([g[0] in a[:K] for a, g in zip(ids, gt, strict=True)])
+    return float(r10), float(r1)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def measure(
+    dataset: str,
+    method: str,
+    bits: str,
+    build: Callable[[], object],
+    search: Callable[[object, np.ndarray], np.ndarray],
+    nbytes: Callable[[object, int], float],
+    base_n: int,
+    queries: np.ndarray,
+    gt: np.ndarray,
+    singles: int = 200,
+    note: str = "",
+) -> Row:
+    """Builds once, times one batch search (best of 2) and `singles` one-row searches."""
+    build_s, index = timed(build)
+    search(index, queries[:2])  # warm-up
+    batch_s, ids = timed(lambda: search(index, queries))
+    if batch_s < 5:
+        batch_s = min(batch_s, timed(lambda: search(index, queries))[0])
+    lat = []
+    for q in queries[:singles]:
+        lat.append(timed(lambda q=q: search(index, q[None, :]))[0])
+    r10, r1 = recall_at(np.asarray(ids), gt[: len(queries)])
+    row = Row(
+        dataset,
+        method,
+        bits,
+        build_s,
+        len(queries) / batch_s,
+        1e3 * statistics.median(lat),
+        r10,
+        r1,
+        nbytes(index, base_n),
+        note,
+    )
+    print(
+        f"  {method:34s} {bits:>5s}  build {build_s:7.2f} s  {row.qps:9.0f} QPS  {row.latency_ms:7.3f} ms"
+        f"  R@10 {r10:.4f}  R1@10 {r1:.4f}  {row.bytes_per_vec:7.1f} B/vec",
+        flush=True,
+    )
+    return row
+
+
+def ours(base: np.ndarray, bits: int, rerank: bool) -> Callable[[], TurboQuantIndex]:
+    def build() -> TurboQuantIndex:
+        index = TurboQuantIndex(base.shape[1], bit_width=bits, rerank=rerank)
+        index.add(base)
+        return index
+
+    return build
+
+
+def faiss_index(
+    base: np.ndarray, make: Callable[[int], faiss.Index], train_n: int | None
+) -> Callable[[], object]:
+    def build() -> faiss.Index:
+        index = make(base.shape[1])
+        if not index.is_trained:
+            rows = (
+                base if train_n is None or train_n >= len(base) else base[:: len(base) // train_n][:train_n]
+            )
+            index.train(np.ascontiguousarray(rows))
+        index.add(base)
+        return index
+
+    return build
+
+
+def faiss_search(index: faiss.Index, q: np.ndarray) -> np.ndarray:
+    return index.search(q, K)[1]
+
+
+def faiss_bytes(index: faiss.Index, _n: int) -> float:
+    return float(index.sa_code_size())
+
+
+def run_dataset(
+    name: str, base: np.ndarray, queries: np.ndarray, gt: np.ndarray | None, quick: bool
+) -> list[Row]:
+    d = base.shape[1]
+    n = len(base)
+    rows: list[Row] = []
+    print(f"\n{name}: {n} × {d}, {len(queries)} queries, k = {K}, {THREADS} threads", flush=True)
+    flat_note = "exact; ground truth" if gt is None else "exact"
+    flat = measure(
+        name,
+        "FAISS IndexFlatIP",
+        "32",
+        faiss_index(base, faiss.IndexFlatIP, None),
+        faiss_search,
+        faiss_bytes,
+        n,
+        queries,
+        gt if gt is not None else np.zeros((len(queries), K), np.int64),
+        note=flat_note,
+    )
+    if gt is None:
+        gt = faiss.IndexFlatIP(d)
+        gt.add(base)
+        gt = gt.search(queries, 100)[1]
+        flat.recall10, flat.recall1at10 = 1.0, 1.0
+    rows.append(flat)
+
+    for bits in (1, 2, 3, 4):
+        for rerank in (False, True) if bits > 1 else (False,):
+            label = "turboquant-rs" + (" + fp16 re-rank" if rerank else "")
+            note = "+2·d B fp16 originals" if rerank else ""
+            rows.append(
+                measure(
+                    name,
+                    label,
+                    str(bits),
+                    ours(base, bits, rerank),
+                    lambda ix, q: ix.search(q, K)[1],
+                    lambda ix, m: ix.memory_bytes() / m,
+                    n,
+                    queries,
+                    gt,
+                    note=note,
+                )
+            )
+
+    import turbovec
+
+    for bits in (2, 3, 4):
+
+        def build_tv(bits: int = bits) -> object:
+            index = turbovec.TurboQuantIndex(dim=d, bit_width=bits)
+            index.add(base)
+            index.prepare()
+            return index
+
+        rows.append(
+            measure(
+                name,
+                "turbovec 1.1.2",
+                str(bits),
+                build_tv,
+                lambda ix, q: ix.search(q, K)[1],
+                lambda ix, m: len(ix.to_bytes()) / m,
+                n,
+                queries,
+                gt,
+                note="serialized size",
+            )
+        )
+
+    train_n = 20_000
+    for bits in (1, 2, 4):
+        factory = f"RR{d},RaBitQ{bits if bits > 1 else ''}"
+        rows.append(
+            measure(
+                name,
+                f"FAISS {factory}",
+                f"{bits}+",
+                faiss_index(
+                    base, lambda dd, f=factory: faiss.index_factory(dd, f, faiss.METRIC_INNER_PRODUCT), None
+                ),
+                faiss_search,
+                faiss_bytes,
+                n,
+                queries,
+                gt,
+                note="qb=4 default; + per-vector factors",
+            )
+        )
+    rows.append(
+        measure(
+            name,
+            "FAISS IndexScalarQuantizer QT_4bit",
+            "4",
+            faiss_index(
+                base,
+                lambda dd: faiss.IndexScalarQuantizer(
+                    dd, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT
+                ),
+                train_n,
+            ),
+            faiss_search,
+            faiss_bytes,
+            n,
+            queries,
+            gt,
+            singles=50,
+        )
+    )
+    rows.append(
+        measure(
+            name,
+            f"FAISS IndexPQFastScan M={d}×4b",
+            "4",
+            faiss_index(
+                base, lambda dd: faiss.IndexPQFastScan(dd, dd, 4, faiss.METRIC_INNER_PRODUCT), train_n
+            ),
+            faiss_search,
+            faiss_bytes,
+            n,
+            queries,
+            gt,
+            note=f"trained on {train_n:,}",
+        )
+    )
+    if not quick:
+        rows.append(
+            measure(
+                name,
+                f"FAISS IndexPQ M={d // 2}×8b",
+                "4",
+                faiss_index(
+                    base, lambda dd: faiss.IndexPQ(dd, dd // 2, 8, faiss.METRIC_INNER_PRODUCT), train_n
+                ),
+                faiss_search,
+                faiss_bytes,
+                n,
+                queries,
+                gt,
+                singles=20,
+                note=f"trained on {train_n:,}",
+            )
+        )
+
+    rows.append(turboquant_torch_row(name, base, queries, gt))
+    return rows
+
+
+def turboquant_torch_row(name: str, base: np.ndarray, queries: np.ndarray, gt: np.ndarray) -> Row:
+    """The seed (pure PyTorch): full base, but only 100 batch queries and 5 single queries."""
+    import torch
+    from turboquant import TurboQuantIndex as SeedIndex
+
+    torch.set_num_threads(THREADS)
+    d = base.shape[1]
+
+    def build() -> object:
+        index = SeedIndex(d, 4, "ip")
+        index.add(torch.from_numpy(base))
+        return index
+
+    def search(ix: object, q: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return ix.search(torch.from_numpy(q), K)[1].numpy()
+
+    def held(obj: object) -> int:
+        """Bytes of every tensor reachable through (nested) named tuples."""
+        if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
+            return int(obj.nbytes)
+        if isinstance(obj, tuple):
+            return sum(held(v) for v in obj)
+        return 0
+
+    def nbytes(ix: object, n: int) -> float:
+        return held(ix._db) / n
+
+    return measure(
+        name,
+        "turboquant-torch 0.4.0",
+        "4",
+        build,
+        search,
+        nbytes,
+        len(base),
+        queries[:100],
+        gt,
+        singles=5,
+        note="100 batch queries, 5 single (slow); codes held as int64",
+    )
+
+
+def markdown(rows: list[Row]) -> str:
+    out = []
+    for ds in dict.fromkeys(r.dataset for r in rows):
+        out.append(f"\n### {ds}\n")
+        out.append(
+            "| method | bits/dim | build s | batch QPS | 1-query ms (median) | recall@10 | recall@1@10 "
+            "| bytes/vector | note |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in (r for r in rows if r.dataset == ds):
+            out.append(
+                f"| {r.method} | {r.bits} | {r.build_s:.2f} | {r.qps:,.0f} | {r.latency_ms:.3f} "
+                f"| {r.recall10:.4f} | {r.recall1at10:.4f} | {r.bytes_per_vec:.1f} | {r.note} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def mark(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def verdicts(rows: list[Row]) -> str:
+    """The issue's targets, checked on this run's numbers."""
+    out = ["\n### Targets (this run)\n"]
+    for ds in dict.fromkeys(r.dataset for r in rows):
+
+        def find(method: str, bits: str, ds: str = ds) -> Row | None:
+            return next((r for r in rows if r.dataset == ds and r.method == method and r.bits == bits), None)
+
+        for bits in ("2", "3", "4"):
+            ours, tv = find("turboquant-rs", bits), find("turbovec 1.1.2", bits)
+            if ours is None or tv is None:
+                continue
+            out.append(
+                f"- {ds}, {bits} bits vs turbovec: recall@10 {ours.recall10:.4f} vs {tv.recall10:.4f} "
+                f"({mark(ours.recall10 >= tv.recall10)}); batch QPS {ours.qps:,.0f} vs "
+                f"{tv.qps:,.0f} ({ours.qps / tv.qps:.2f}×, {mark(ours.qps >= tv.qps)}); add "
+                f"{ours.build_s:.2f} s vs {tv.build_s:.2f} s ({mark(ours.build_s <= tv.build_s)}); "
+                f"1-query {ours.latency_ms:.3f} ms vs {tv.latency_ms:.3f} ms "
+                f"({mark(ours.latency_ms <= tv.latency_ms)})"
+            )
+        for bits in ("1", "2", "4"):
+            ours, rb = (
+                find("turboquant-rs", bits),
+                find(f"FAISS RR{ds.split()[-1]},RaBitQ{bits if bits != '1' else ''}", f"{bits}+"),
+            )
+            if ours is None or rb is None:
+                continue
+            out.append(
+                f"- {ds}, {bits} bits vs FAISS RaBitQ: recall@10 {ours.recall10:.4f} vs {rb.recall10:.4f} "
+                f"({mark(ours.recall10 >= rb.recall10)})"
+            )
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{SECTION}\n{body}"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="markdown file to write the section into")
+    ap.add_argument("--quick", action="store_true", help="skip IndexPQ (slow to train and search)")
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(THREADS)
+    turboquant_rs.set_num_threads(THREADS)
+    rows: list[Row] = []
+    if (WIKI / "base_f16.npy").exists():
+        base = np.load(WIKI / "base_f16.npy").astype(np.float32)
+        queries = np.load(WIKI / "queries_f16.npy").astype(np.float32)
+        gt = np.load(WIKI / "gt_ip_top100.npy").astype(np.int64)
+        rows += run_dataset("wiki-MiniLM 77,573 × 384", base, queries, gt, args.quick)
+    else:
+        print(f"skipping wiki-MiniLM: {WIKI} is absent")
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((100_000, 128), dtype=np.float32)
+    queries = rng.standard_normal((1000, 128), dtype=np.float32)
+    rows += run_dataset("Gaussian 100,000 × 128", base, queries, None, args.quick)
+    table = markdown(rows) + verdicts(rows)
+    print(table)
+    if args.out is not None:
+        cmd = "python " + " ".join(sys.argv)
+        write_section(
+            args.out,
+            f"\nCommand: `{cmd}` ({turboquant_rs.simd_level()} kernels, "
+            f"{THREADS} threads, one process).\n{table}",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -363,11 +363,24 @@ impl Index {
 
     /// The `params.k` best vectors for each row-major query.
     pub fn search_with(&self, queries: &[f32], params: &SearchParams<'_>) -> Result<SearchResults> {
-        let d = self.dim();
         let nq = self.rows(queries.len(), "queries")?;
         if let Some(bad) = queries.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("query holds {bad}")));
         }
+        // One hand-off to the thread pool for the whole search (each costs microseconds).
+        Ok(parallel::install(|| {
+            self.search_in_pool(queries, nq, params)
+        }))
+    }
+
+    /// [`Index::search_with`] on validated input, run inside the crate's thread pool.
+    fn search_in_pool(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        params: &SearchParams<'_>,
+    ) -> SearchResults {
+        let d = self.dim();
         let k = params.k;
         let n = self.ids.len();
         let allowed = allowed_slots(
@@ -413,16 +426,14 @@ impl Index {
         let tasks: Vec<(usize, usize)> = (0..nq.div_ceil(q_chunk))
             .flat_map(|qc| (0..b_parts).map(move |bp| (qc, bp)))
             .collect();
-        let parts: Vec<Vec<TopK>> = parallel::install(|| {
-            tasks
-                .par_iter()
-                .map(|&(qc, bp)| {
-                    let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
-                    let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
-                    scan.run(qs, bs)
-                })
-                .collect()
-        });
+        let parts: Vec<Vec<TopK>> = tasks
+            .par_iter()
+            .map(|&(qc, bp)| {
+                let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
+                let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
+                scan.run(qs, bs)
+            })
+            .collect();
         let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(keep)).collect();
         for (&(qc, _), part) in tasks.iter().zip(parts) {
             for (i, top) in part.into_iter().enumerate() {
@@ -440,22 +451,20 @@ impl Index {
             scores: vec![worst; nq * k],
             ids: vec![NO_ID; nq * k],
         };
-        let finished: Vec<Vec<Hit>> = parallel::install(|| {
-            merged
-                .into_par_iter()
-                .enumerate()
-                .map(|(qi, top)| {
-                    let mut hits = top.into_sorted();
-                    if refine {
-                        hits = self.refine_hits(&tables[qi], hits, k);
-                    }
-                    if self.rerank {
-                        hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);
-                    }
-                    hits
-                })
-                .collect()
-        });
+        let finished: Vec<Vec<Hit>> = merged
+            .into_par_iter()
+            .enumerate()
+            .map(|(qi, top)| {
+                let mut hits = top.into_sorted();
+                if refine {
+                    hits = self.refine_hits(&tables[qi], hits, k);
+                }
+                if self.rerank {
+                    hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);
+                }
+                hits
+            })
+            .collect();
         for (qi, hits) in finished.into_iter().enumerate() {
             let qn = if self.metric == Metric::L2 {
                 kernels::sum_squares(level, &queries[qi * d..(qi + 1) * d])
@@ -471,22 +480,21 @@ impl Index {
                 };
             }
         }
-        Ok(out)
+        out
     }
 
-    /// Lookup tables of each (row-major) query, rotated once.
+    /// Lookup tables of each (row-major) query, rotated once (inside the thread pool).
     fn query_tables(&self, queries: &[f32], level: SimdLevel) -> Vec<QueryTables> {
         let q = &self.quantizer;
-        parallel::install(|| {
-            queries
-                .par_chunks_exact(self.dim())
-                .map(|query| {
-                    let mut rq = query.to_vec();
-                    q.rotation().apply_at(level, &mut rq);
-                    QueryTables::new(&self.layout, &rq, q.codebook().centroids(), q.bits())
-                })
-                .collect()
-        })
+        let one = |query: &[f32]| {
+            let mut rq = query.to_vec();
+            q.rotation().apply_at(level, &mut rq);
+            QueryTables::new(&self.layout, &rq, q.codebook().centroids(), q.bits())
+        };
+        if queries.len() <= self.dim() {
+            return queries.chunks_exact(self.dim()).map(one).collect();
+        }
+        queries.par_chunks_exact(self.dim()).map(one).collect()
     }
 
     fn rows(&self, len: usize, what: &str) -> Result<usize> {

@@ -1,6 +1,6 @@
 //! Per-search filters, resolved to a bit set of allowed storage slots before the scan.
 
-use std::collections::HashMap;
+use super::ids::IdMap;
 
 /// Which vectors a search may return. Removed vectors are never returned.
 #[derive(Debug, Clone, Copy, Default)]
@@ -17,39 +17,31 @@ pub enum Filter<'a> {
 /// A bit set over slots: bit `s % 64` of word `s / 64`.
 pub type SlotBits = Vec<u64>;
 
-/// Allowed slots for `filter` given the tombstones `dead` (`None`: all of `0..n` allowed).
-pub fn allowed_slots(
-    filter: &Filter<'_>,
-    n: usize,
-    ids: &[u64],
-    slots: &HashMap<u64, u32>,
-    dead: &[u64],
-    any_dead: bool,
-) -> Option<SlotBits> {
+/// Allowed slots for `filter`, removed slots excluded (`None`: every slot allowed).
+pub fn allowed_slots(filter: &Filter<'_>, ids: &IdMap) -> Option<SlotBits> {
+    let n = ids.slots();
     let words = n.div_ceil(64);
     let mut bits = match filter {
-        Filter::All if !any_dead => return None,
+        Filter::All if !ids.any_dead() => return None,
         Filter::All => vec![u64::MAX; words],
         Filter::Ids(list) => {
             let mut b = vec![0u64; words];
-            for id in *list {
-                if let Some(&s) = slots.get(id) {
-                    b[s as usize / 64] |= 1 << (s % 64);
-                }
+            for s in list.iter().filter_map(|&id| ids.slot_of(id)) {
+                b[s / 64] |= 1 << (s % 64);
             }
             b
         }
         Filter::Mask(mask) => {
             let mut b = vec![0u64; words];
-            for (s, &id) in ids.iter().enumerate() {
-                if usize::try_from(id).is_ok_and(|i| mask.get(i) == Some(&true)) {
+            for s in 0..n {
+                if usize::try_from(ids.id_of(s)).is_ok_and(|i| mask.get(i) == Some(&true)) {
                     b[s / 64] |= 1 << (s % 64);
                 }
             }
             b
         }
     };
-    for (w, d) in bits.iter_mut().zip(dead) {
+    for (w, d) in bits.iter_mut().zip(ids.dead_bits()) {
         *w &= !d;
     }
     Some(bits)

@@ -1,6 +1,7 @@
 //! The flat index: append-only storage with stable ids, tombstones, and the exhaustive scan.
 
-use super::filter::{allowed_slots, Filter, SlotBits};
+use super::filter::{allowed_slots, Filter};
+use super::ids::IdMap;
 use super::layout::{Layout, QueryTables, BLOCK};
 use super::scan::Scan;
 use super::storage::Bytes;
@@ -11,7 +12,6 @@ use crate::quantizer::{Mode, Quantizer, ScaleMode};
 use crate::simd::{active_level, kernels, SimdLevel};
 use half::f16;
 use rayon::prelude::*;
-use std::collections::HashMap;
 
 /// Id reported for an empty result position (fewer than `k` vectors matched).
 pub const NO_ID: u64 = u64::MAX;
@@ -153,12 +153,8 @@ pub struct Index {
     pub(super) sq_norms: Vec<f32>,
     /// Per-slot fp16 originals, little-endian (re-ranking only).
     pub(super) originals: Bytes,
-    /// Per-slot id.
-    pub(super) ids: Vec<u64>,
-    /// Live id → slot.
-    pub(super) slots: HashMap<u64, u32>,
-    /// Tombstone bits per slot.
-    pub(super) dead: SlotBits,
+    /// Ids of the slots, tombstones.
+    pub(super) ids: IdMap,
     pub(super) next_id: u64,
 }
 
@@ -180,9 +176,7 @@ impl Index {
             scales: Vec::new(),
             sq_norms: Vec::new(),
             originals: Bytes::default(),
-            ids: Vec::new(),
-            slots: HashMap::new(),
-            dead: Vec::new(),
+            ids: IdMap::default(),
             next_id: 0,
         }
     }
@@ -209,11 +203,11 @@ impl Index {
     }
     /// Live (not removed) vectors.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.ids.len()
     }
     /// Whether no live vector is stored.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.ids.is_empty()
     }
     /// Whether the code blocks are read from a memory-mapped file.
     pub fn is_mapped(&self) -> bool {
@@ -221,22 +215,16 @@ impl Index {
     }
     /// Whether `id` is live.
     pub fn contains(&self, id: u64) -> bool {
-        self.slots.contains_key(&id)
+        self.ids.slot_of(id).is_some()
     }
 
     /// Bytes held by every buffer of the index (codes, scales, norms, originals, ids, id map,
     /// tombstones), from their allocations.
     pub fn memory_bytes(&self) -> usize {
-        let map_buckets = if self.slots.capacity() == 0 {
-            0
-        } else {
-            (self.slots.capacity() * 8 / 7).next_power_of_two()
-        };
         self.codes.held_bytes()
             + self.originals.held_bytes()
             + 4 * (self.scales.capacity() + self.sq_norms.capacity())
-            + 8 * (self.ids.capacity() + self.dead.capacity())
-            + map_buckets * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.ids.held_bytes()
     }
 
     /// Appends row-major vectors with automatic ids (one past the largest id so far) and
@@ -266,7 +254,7 @@ impl Index {
             if id > MAX_ID {
                 return Err(Error::InvalidParameter(format!("id {id} exceeds {MAX_ID}")));
             }
-            if self.slots.contains_key(&id) || !seen.insert(id) {
+            if self.contains(id) || !seen.insert(id) {
                 return Err(Error::InvalidParameter(format!(
                     "id {id} is already in the index"
                 )));
@@ -283,7 +271,7 @@ impl Index {
             vectors
         };
         let batch = self.quantizer.quantize(x)?;
-        let first = self.ids.len();
+        let first = self.ids.slots();
         let total = first + n;
         if u32::try_from(total).is_err() {
             return Err(Error::InvalidParameter(
@@ -302,12 +290,7 @@ impl Index {
             o.reserve(2 * x.len());
             o.extend(x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
         }
-        self.slots.reserve(n);
-        for (i, &id) in ids.iter().enumerate() {
-            self.slots.insert(id, (first + i) as u32);
-        }
-        self.ids.extend_from_slice(ids);
-        self.dead.resize(total.div_ceil(64), 0);
+        self.ids.push(ids);
         let max = ids.iter().copied().max().unwrap_or(0);
         self.next_id = self.next_id.max(max + 1);
         Ok(())
@@ -339,14 +322,7 @@ impl Index {
     /// Removes the given ids (unknown ids are ignored) and returns how many were removed.
     /// O(1) per id: the slot is tombstoned and skipped by every later search.
     pub fn remove(&mut self, ids: &[u64]) -> usize {
-        let mut removed = 0;
-        for id in ids {
-            if let Some(s) = self.slots.remove(id) {
-                self.dead[s as usize / 64] |= 1 << (s % 64);
-                removed += 1;
-            }
-        }
-        removed
+        ids.iter().filter(|&&id| self.ids.remove(id)).count()
     }
 
     /// The `k` best vectors for each row-major query, with the default parameters.
@@ -382,15 +358,8 @@ impl Index {
     ) -> SearchResults {
         let d = self.dim();
         let k = params.k;
-        let n = self.ids.len();
-        let allowed = allowed_slots(
-            &params.filter,
-            n,
-            &self.ids,
-            &self.slots,
-            &self.dead,
-            self.slots.len() < n,
-        );
+        let n = self.ids.slots();
+        let allowed = allowed_slots(&params.filter, &self.ids);
         // Stages: with re-ranking, the scan keeps RERANK_FACTOR·k for the fp16 originals;
         // otherwise the u8-table scan keeps REFINE_FACTOR·k, re-scored with the f32 tables.
         let level = params.level;
@@ -472,7 +441,7 @@ impl Index {
                 0.0
             };
             for (j, h) in hits.iter().take(k).enumerate() {
-                out.ids[qi * k + j] = self.ids[h.slot];
+                out.ids[qi * k + j] = self.ids.id_of(h.slot);
                 out.scores[qi * k + j] = match (self.metric, self.rerank) {
                     (Metric::L2, true) => -h.score,
                     (Metric::L2, false) => (qn - h.score).max(0.0),

@@ -25,6 +25,7 @@
 
 pub mod fastscan;
 pub mod filter;
+pub mod ids;
 pub mod index;
 pub mod layout;
 mod persist;

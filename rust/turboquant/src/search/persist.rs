@@ -12,7 +12,8 @@
 //! damaged file gives [`Error::Corrupt`]. With `mmap`, the code blocks and originals stay in
 //! the mapping (the checksum still reads the whole file once).
 
-use super::index::{Index, Metric, MAX_ID};
+use super::ids::IdMap;
+use super::index::{Index, Metric};
 use super::layout::BLOCK;
 use super::storage::Bytes;
 use crate::bytes::{ByteReader, ByteWriter};
@@ -47,11 +48,12 @@ impl Index {
         w.u8(INDEX_VERSION)
             .u8(metric_code(self.metric))
             .u8(self.rerank as u8);
-        w.u64(self.ids.len() as u64).u64(self.next_id);
-        for &id in &self.ids {
-            w.u64(id);
+        let n = self.ids.slots();
+        w.u64(n as u64).u64(self.next_id);
+        for slot in 0..n {
+            w.u64(self.ids.id_of(slot));
         }
-        for &word in &self.dead {
+        for &word in self.ids.dead_bits() {
             w.u64(word);
         }
         w.f32s(&self.scales).f32s(&self.sq_norms);
@@ -138,16 +140,17 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
     let next_id = r.u64()?;
     let mut ix = Index::empty(q, metric, rerank);
     ix.next_id = next_id;
-    ix.ids = r
+    let ids: Vec<u64> = r
         .bytes(8 * n)?
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .collect();
-    ix.dead = r
+    let dead: Vec<u64> = r
         .bytes(8 * n.div_ceil(64))?
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .collect();
+    ix.ids = IdMap::from_parts(&ids, dead, next_id)?;
     ix.scales = r.f32s(n)?;
     ix.sq_norms = r.f32s(if metric == Metric::L2 { n } else { 0 })?;
     if ix.scales.iter().chain(&ix.sq_norms).any(|v| !v.is_finite()) {
@@ -166,19 +169,6 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
         ix.originals = section(n, 2 * ix.dim())?;
     }
     r.finish()?;
-    ix.slots.reserve(n);
-    for (s, &id) in ix.ids.iter().enumerate() {
-        let dead = ix.dead[s / 64] >> (s % 64) & 1 == 1;
-        if id > MAX_ID || id >= next_id {
-            return Err(corrupt(format!("id {id} out of range")));
-        }
-        if !dead && ix.slots.insert(id, s as u32).is_some() {
-            return Err(corrupt(format!("duplicate id {id}")));
-        }
-    }
-    if n % 64 != 0 && ix.dead.last().is_some_and(|&w| w >> (n % 64) != 0) {
-        return Err(corrupt("tombstone bits past the last slot"));
-    }
     check_unused_slots_zero(&ix, n)?;
     Ok(ix)
 }

@@ -34,7 +34,7 @@ impl Scan<'_> {
     /// Scans blocks `blocks` for queries `queries`; one [`TopK`] per query.
     pub fn run(&self, queries: Range<usize>, blocks: Range<usize>) -> Vec<TopK> {
         let ix = self.index;
-        let n = ix.ids.len();
+        let n = ix.ids.slots();
         let bb = ix.layout.block_bytes();
         let codes_all = ix.codes.as_slice();
         let tables = &self.tables[queries];

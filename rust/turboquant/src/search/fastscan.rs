@@ -9,9 +9,11 @@
 //!   `u32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
 //!   (`_mm256_shuffle_epi8`) per table with the other tables' bytes masked, then
 //!   `pmaddubsw` + `pmaddwd`;
+//! - pair (3-bit), AVX2: per group, `pshufb` + shifts cut the 32 codes out, four `pshufb`
+//!   16-entry tables merged by `pblendvb` on code bits 4 and 5 look them up;
 //! - pair (3-bit), AVX-512 VBMI: the 64 6-bit codes of a step are cut out of their bit stream
 //!   with `vpermb` + `vpmultishiftqb`, then `vpermt2b` looks them up in two 64-entry tables;
-//!   without VBMI the portable body runs (compiled per level).
+//!   all queries of a pass share the decoded codes.
 //!
 //! The pair kernel accumulates in `u16` lanes: a lane holds the entries of two vectors (even and odd byte);
 //! adding the raw lanes and, separately, the odd bytes (`>> 8`) gives both sums exactly
@@ -118,7 +120,7 @@ pub fn block_sums_multi(
     }
 }
 
-/// [`block_sums`] without AVX-512 VBMI: the AVX2 nibble kernel or the portable body.
+/// [`block_sums`] without AVX-512 VBMI: the AVX2 kernels or the portable body.
 fn fallback_sums(
     level: SimdLevel,
     layout: &Layout,
@@ -127,11 +129,16 @@ fn fallback_sums(
     out: &mut [u32; BLOCK],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let (Layout::Nibble { groups, .. }, SimdLevel::Avx2 | SimdLevel::Avx512) =
-        (*layout, level.supported())
-    {
-        // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
-        return unsafe { x86::nibble_avx2(block, lut, groups, out) };
+    if level.supported() >= SimdLevel::Avx2 {
+        match *layout {
+            // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
+            Layout::Nibble { groups, .. } => {
+                return unsafe { x86::nibble_avx2(block, lut, groups, out) }
+            }
+            // SAFETY: as above.
+            Layout::Pair { groups } => return unsafe { x86::pair_avx2(block, lut, groups, out) },
+            Layout::Rows { .. } => {}
+        }
     }
     portable_sums(level, layout, block, lut, out)
 }
@@ -279,6 +286,84 @@ mod x86 {
         for (i, a) in acc.into_iter().enumerate() {
             // SAFETY: `out` has 32 `u32`; chunk `i` is `out[8 i .. 8 i + 8]`.
             unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
+        }
+    }
+
+    /// AVX2 pair (3-bit) kernel: one group (32 vectors' 6-bit codes, 24 bytes) per iteration.
+    /// The codes are cut out of their bit stream with `pshufb` (3 bytes per 4 codes) and
+    /// shifts, looked up in the group's 64-entry table as four 16-entry `pshufb` tables merged
+    /// by `pblendvb` on the code's bits 4 and 5, and accumulated in `u16` lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `block` holds `24 · groups` bytes, `lut` `64 · groups`, and
+    /// `groups` is even.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn pair_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
+        *out = [0; BLOCK];
+        // Dword i of lane 0 takes bytes 3i..3i+3 of the group's 24 bytes; lane 1 is loaded from
+        // byte 8 and takes bytes 4 + 3i.. (bytes 12 + 3i of the group).
+        let gather = _mm256_setr_epi8(
+            0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1, //
+            4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1,
+        );
+        let (m12, m6) = (
+            _mm256_set1_epi32(0x0000_0FFF),
+            _mm256_set1_epi32(0x003F_003F),
+        );
+        let (m12h, m6h) = (
+            _mm256_set1_epi32(0x00FF_F000),
+            _mm256_set1_epi32(0x0FC0_0FC0),
+        );
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = (g0 + CHUNK).min(groups);
+            let (mut raw, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for g in g0..g1 {
+                let at = 48 * (g / 2) + 24 * (g % 2);
+                // SAFETY: bytes `at .. at + 24` of the block and the group's 64 table bytes
+                // are in bounds (caller's contract); both 16-byte loads stay inside them.
+                let (x, t) = unsafe {
+                    let p = block.as_ptr().add(at);
+                    let tp = lut.as_ptr().add(64 * g);
+                    (
+                        _mm256_loadu2_m128i(p.add(8).cast(), p.cast()),
+                        [0, 1, 2, 3].map(|k| {
+                            _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.add(16 * k).cast()))
+                        }),
+                    )
+                };
+                // Each dword holds 4 codes at bits 0, 6, 12, 18: spread them to its 4 bytes.
+                let d = _mm256_shuffle_epi8(x, gather);
+                let d = _mm256_or_si256(
+                    _mm256_and_si256(d, m12),
+                    _mm256_slli_epi32::<4>(_mm256_and_si256(d, m12h)),
+                );
+                let c = _mm256_or_si256(
+                    _mm256_and_si256(d, m6),
+                    _mm256_slli_epi32::<2>(_mm256_and_si256(d, m6h)),
+                );
+                // Bits 4 and 5 of each code, moved to bit 7 (the blend selector).
+                let (b4, b5) = (_mm256_slli_epi16::<3>(c), _mm256_slli_epi16::<2>(c));
+                let r01 = _mm256_blendv_epi8(
+                    _mm256_shuffle_epi8(t[0], c),
+                    _mm256_shuffle_epi8(t[1], c),
+                    b4,
+                );
+                let r23 = _mm256_blendv_epi8(
+                    _mm256_shuffle_epi8(t[2], c),
+                    _mm256_shuffle_epi8(t[3], c),
+                    b4,
+                );
+                let v = _mm256_blendv_epi8(r01, r23, b5);
+                raw = _mm256_add_epi16(raw, v);
+                odd = _mm256_add_epi16(odd, _mm256_srli_epi16::<8>(v));
+            }
+            let even = _mm256_sub_epi16(raw, _mm256_slli_epi16::<8>(odd));
+            let lo = |v: __m256i| _mm256_cvtepu16_epi32(_mm256_castsi256_si128(v));
+            let hi = |v: __m256i| _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(v));
+            store16(lo(even), lo(odd), &mut out[..16]);
+            store16(hi(even), hi(odd), &mut out[16..]);
+            g0 = g1;
         }
     }
 

@@ -9,6 +9,7 @@
 //! QJL sign bits are 1-bit codes in this layout (bit set ⇔ the projection was `≥ 0`).
 
 use crate::error::{Error, Result};
+use crate::simd::transpose::transpose16_u8;
 
 /// Bytes of one packed row of `dim` codes at `bits` bits each.
 pub const fn row_bytes(dim: usize, bits: u8) -> usize {
@@ -21,10 +22,10 @@ pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
 }
 
 /// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
-/// of vector `l`) into `m` consecutive rows of `out`. For `b ∈ {1, 2, 4, 8}` the bytes are
-/// assembled for all columns at once (byte `k` takes codes `k·8/b ..`), then scattered to
-/// the rows; other widths go column by column.
-pub fn pack_block<const L: usize>(block: &[[u8; L]], m: usize, bits: u8, out: &mut [u8]) {
+/// of vector `l`) into `m` consecutive rows of `out`. For `b ∈ {1, 2, 4, 8}` byte `k` of all
+/// 16 rows is assembled at once (from codes `k·8/b ..`), and 16×16 byte tiles are transposed
+/// into the rows; other widths go row by row.
+pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
     let dim = block.len();
     let rb = row_bytes(dim, bits);
     debug_assert_eq!(out.len(), m * rb);
@@ -34,15 +35,41 @@ pub fn pack_block<const L: usize>(block: &[[u8; L]], m: usize, bits: u8, out: &m
         }
         return;
     }
-    let per_byte = (8 / bits) as usize;
-    for (k, group) in block.chunks(per_byte).enumerate() {
-        let mut byte = [0u8; L];
-        for (i, codes) in group.iter().enumerate() {
-            for l in 0..L {
-                byte[l] |= codes[l] << (i * bits as usize);
+    match bits {
+        1 => pack_block_pow2::<1>(block, m, out),
+        2 => pack_block_pow2::<2>(block, m, out),
+        4 => pack_block_pow2::<4>(block, m, out),
+        _ => pack_block_pow2::<8>(block, m, out),
+    }
+}
+
+/// [`pack_block`] for `B ∈ {1, 2, 4, 8}` (constant shifts vectorize).
+fn pack_block_pow2<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
+    let dim = block.len();
+    let rb = row_bytes(dim, B as u8);
+    let per_byte = 8 / B;
+    let byte_at = |k: usize| -> [u8; 16] {
+        let mut byte = [0u8; 16];
+        for (i, codes) in block[k * per_byte..((k + 1) * per_byte).min(dim)]
+            .iter()
+            .enumerate()
+        {
+            for l in 0..16 {
+                byte[l] |= codes[l] << (i * B);
             }
         }
-        for (l, &v) in byte.iter().enumerate().take(m) {
+        byte
+    };
+    let tiles = rb / 16;
+    for t in 0..tiles {
+        let tile: [[u8; 16]; 16] = std::array::from_fn(|i| byte_at(16 * t + i));
+        let rows = transpose16_u8(&tile);
+        for (l, row) in rows.iter().enumerate().take(m) {
+            out[l * rb + 16 * t..l * rb + 16 * t + 16].copy_from_slice(row);
+        }
+    }
+    for k in tiles * 16..rb {
+        for (l, &v) in byte_at(k).iter().enumerate().take(m) {
             out[l * rb + k] = v;
         }
     }

@@ -12,6 +12,7 @@
 
 pub mod kernels;
 pub mod lanes;
+pub mod transpose;
 
 use std::sync::OnceLock;
 

@@ -22,9 +22,11 @@ fn rotation(c: &mut Criterion) {
         for level in SimdLevel::available() {
             let mut block = vec![[0.5f32; LANES]; d];
             let mut spare = Vec::new();
-            g.bench_with_input(BenchmarkId::new(format!("block16/{}", level.name()), d), &d, |b, _| {
-                b.iter(|| rot.apply_lanes_at(level, black_box(&mut block), &mut spare))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("block16/{}", level.name()), d),
+                &d,
+                |b, _| b.iter(|| rot.apply_lanes_at(level, black_box(&mut block), &mut spare)),
+            );
         }
         let mut one = data(1, d);
         g.throughput(Throughput::Elements(1));
@@ -50,9 +52,11 @@ fn quantize(c: &mut Criterion) {
             });
             let batch = q.quantize(&x).unwrap();
             let mut out = vec![0.0f32; n * d];
-            g.bench_with_input(BenchmarkId::new(format!("dequantize-b{bits}"), d), &d, |b, _| {
-                b.iter(|| q.dequantize(&batch.view(), black_box(&mut out)).unwrap())
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("dequantize-b{bits}"), d),
+                &d,
+                |b, _| b.iter(|| q.dequantize(&batch.view(), black_box(&mut out)).unwrap()),
+            );
         }
     }
     g.finish();
@@ -92,7 +96,10 @@ fn lut_scoring(c: &mut Criterion) {
     let mut out = vec![0.0f32; 8 * 2048];
     g.throughput(Throughput::Elements(8 * 2048));
     g.bench_function("inner_products 8q x 2048", |b| {
-        b.iter(|| q.inner_products(black_box(&queries), &batch.view(), &mut out).unwrap())
+        b.iter(|| {
+            q.inner_products(black_box(&queries), &batch.view(), &mut out)
+                .unwrap()
+        })
     });
     g.finish();
 }

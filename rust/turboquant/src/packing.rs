@@ -122,7 +122,7 @@ fn unpack_into(packed: &[u8], dim: usize, bits: u8, mut put: impl FnMut(usize, u
 /// Packs a row-major `n × dim` matrix of codes into `n · row_bytes(dim, bits)` bytes.
 pub fn pack(codes: &[u8], dim: usize, bits: u8) -> Result<Vec<u8>> {
     check_bits(bits)?;
-    if dim == 0 || codes.len() % dim != 0 {
+    if dim == 0 || !codes.len().is_multiple_of(dim) {
         return Err(Error::ShapeMismatch(format!(
             "{} codes are not a whole number of rows of {dim}",
             codes.len()
@@ -145,7 +145,7 @@ pub fn pack(codes: &[u8], dim: usize, bits: u8) -> Result<Vec<u8>> {
 pub fn unpack(packed: &[u8], dim: usize, bits: u8) -> Result<Vec<u8>> {
     check_bits(bits)?;
     let rb = row_bytes(dim, bits);
-    if dim == 0 || packed.len() % rb != 0 {
+    if dim == 0 || !packed.len().is_multiple_of(rb) {
         return Err(Error::ShapeMismatch(format!(
             "{} bytes are not a whole number of packed rows of {rb} bytes",
             packed.len()

@@ -278,7 +278,7 @@ impl Quantizer {
     }
 
     fn rows(&self, len: usize, what: &str) -> Result<usize> {
-        if len % self.dim != 0 {
+        if !len.is_multiple_of(self.dim) {
             return Err(Error::ShapeMismatch(format!(
                 "{what} has {len} values, not a whole number of vectors of dim {}",
                 self.dim
@@ -501,9 +501,9 @@ impl Quantizer {
         );
         if let Some(qjl) = &self.qjl {
             let mut f = [0.0f32; LANES];
-            for l in 0..m {
+            for (l, slot) in f.iter_mut().enumerate().take(m) {
                 let i = first + l;
-                f[l] = view.residual_norms[i] * self.qjl_factor;
+                *slot = view.residual_norms[i] * self.qjl_factor;
                 unpack_lane(&view.qjl_signs[i * sb..(i + 1) * sb], 1, &mut s.codes, l);
             }
             lanes::decode_lanes(level, &s.codes, &SIGN_VALUES, &f, &mut s.resid, false);

@@ -73,7 +73,11 @@ impl Rotation {
             return Err(Error::InvalidParameter("dim must be positive".into()));
         }
         let block = 1usize << (usize::BITS - 1 - dim.leading_zeros());
-        let rounds = if block >= LARGE_BLOCK { LARGE_BLOCK_ROUNDS } else { ROUNDS };
+        let rounds = if block >= LARGE_BLOCK {
+            LARGE_BLOCK_ROUNDS
+        } else {
+            ROUNDS
+        };
         let mut signs = Vec::with_capacity(rounds * dim);
         for r in 0..rounds as u64 {
             signs.extend(SplitMix64::new(seed, stream * 16 + r).signs(dim));
@@ -164,7 +168,11 @@ impl Rotation {
             lanes::fwht_lanes(level, &mut block[..p], self.scale, &signs[..p], &[]);
             if d > p {
                 spare.clear();
-                spare.extend(self.perms[r * d..(r + 1) * d].iter().map(|&src| block[src as usize]));
+                spare.extend(
+                    self.perms[r * d..(r + 1) * d]
+                        .iter()
+                        .map(|&src| block[src as usize]),
+                );
                 std::mem::swap(block, spare);
                 lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);
             }

@@ -416,7 +416,13 @@ const CHUNK_STAGES: usize = 6;
 /// inverse transform). Same per-element operations as one stage at a time, in the same
 /// order, with `S`× fewer trips through memory.
 #[inline(always)]
-fn radix_pass<R: Row, const S: usize>(x: &mut [Lanes], h: usize, pre: &[f32], scale: Option<R>, post: &[f32]) {
+fn radix_pass<R: Row, const S: usize>(
+    x: &mut [Lanes],
+    h: usize,
+    pre: &[f32],
+    scale: Option<R>,
+    post: &[f32],
+) {
     let width = 1usize << S;
     for base in (0..x.len()).step_by(width * h) {
         for i in base..base + h {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from turboquant_rs.vector_search import TurboQuantIndex
 
 WIKI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wiki_minilm"

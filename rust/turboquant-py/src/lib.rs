@@ -15,18 +15,17 @@ use errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
+/// A codebook as Python sees it: (centroids, boundaries, probabilities, distortion).
+type PyCodebook<'py> = (
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<f64>>,
+    f64,
+);
+
 /// Lloyd-Max codebook for (dim, bits): (centroids, boundaries, probabilities, distortion).
 #[pyfunction]
-fn codebook(
-    py: Python<'_>,
-    dim: usize,
-    bits: u8,
-) -> PyResult<(
-    Bound<'_, PyArray1<f32>>,
-    Bound<'_, PyArray1<f32>>,
-    Bound<'_, PyArray1<f64>>,
-    f64,
-)> {
+fn codebook(py: Python<'_>, dim: usize, bits: u8) -> PyResult<PyCodebook<'_>> {
     let cb = py
         .detach(|| turboquant::codebook::get(dim, bits))
         .py_err()?;

@@ -335,11 +335,11 @@ fn filters_apply_inside_the_scan() {
     for (filter, ok) in [
         (
             Filter::Ids(&allow),
-            Box::new(|id: u64| id % 7 == 0) as Box<dyn Fn(u64) -> bool>,
+            Box::new(|id: u64| id.is_multiple_of(7)) as Box<dyn Fn(u64) -> bool>,
         ),
         (
             Filter::Mask(&mask),
-            Box::new(|id: u64| id % 7 == 0 && id < 1400),
+            Box::new(|id: u64| id.is_multiple_of(7) && id < 1400),
         ),
     ] {
         let got = index.search(q, 10, &filter).unwrap();

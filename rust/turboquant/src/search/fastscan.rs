@@ -143,10 +143,7 @@ fn fallback_sums(
     portable_sums(level, layout, block, lut, out)
 }
 
-// The AVX-512 intrinsics are stable since Rust 1.89; so are the `avx512*` target features the
-// crate's `multiversion!` already enables, so the crate needs 1.89 whatever `rust-version` says.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::{BLOCK, CHUNK};
     use std::arch::x86_64::*;

@@ -129,7 +129,7 @@ impl IdMap {
         let n = ids.len();
         let corrupt = |m: String| Error::Corrupt(m);
         if dead.len() != n.div_ceil(64)
-            || (n % 64 != 0 && dead.last().is_some_and(|&w| w >> (n % 64) != 0))
+            || (!n.is_multiple_of(64) && dead.last().is_some_and(|&w| w >> (n % 64) != 0))
         {
             return Err(corrupt("tombstone bits do not match the slots".into()));
         }

@@ -468,7 +468,7 @@ impl Index {
 
     fn rows(&self, len: usize, what: &str) -> Result<usize> {
         let d = self.dim();
-        if len % d != 0 {
+        if !len.is_multiple_of(d) {
             return Err(Error::ShapeMismatch(format!(
                 "{what} hold {len} values, not a whole number of vectors of dim {d}"
             )));

@@ -175,7 +175,7 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
 
 /// The slots past `n` in the last block must hold zero codes (later adds OR into them).
 fn check_unused_slots_zero(ix: &Index, n: usize) -> Result<()> {
-    if n % BLOCK == 0 {
+    if n.is_multiple_of(BLOCK) {
         return Ok(());
     }
     let bb = ix.layout.block_bytes();

@@ -83,7 +83,6 @@ pub fn keys_from_sums(
 /// # Safety
 /// The CPU must support AVX-512 F; `scales` has [`BLOCK`] entries and `sq_norms` none or [`BLOCK`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since 1.89, see `fastscan`
 #[target_feature(enable = "avx512f")]
 unsafe fn keys_avx512(
     sums: &[u32; BLOCK],

@@ -360,7 +360,7 @@ NOTES = """
   2·k are re-scored from their codes with the `f32` tables, which reproduces the top-10 of a full
   `f32`-table scan (agreement 1.0000 on wiki-MiniLM at 2 and 4 bits, held ≥ 0.99 by
   `rust/turboquant/tests/search.rs`). The stored scale is `proj` (length correction): it measured
-  recall@10 0.9471 / 0.8330 (4 / 2 bits) against 0.9464 / 0.8247 for the least-squares scale.
+  recall@10 0.9524 / 0.8321 (4 / 2 bits) against 0.9513 / 0.8244 for the least-squares scale.
 - turbovec's default search is staged (a coarse pass, then re-scoring a shortlist): that is where its
   4-bit speed comes from and why its 4-bit recall on Gaussian data falls to 0.68 while an exhaustive
   4-bit scan gets 0.84. At 4 bits an exhaustive scan here is bound by the table-lookup shuffles

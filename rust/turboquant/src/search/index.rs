@@ -12,6 +12,7 @@ use crate::quantizer::{Mode, Quantizer, ScaleMode};
 use crate::simd::{active_level, kernels, SimdLevel};
 use half::f16;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Id reported for an empty result position (fewer than `k` vectors matched).
 pub const NO_ID: u64 = u64::MAX;
@@ -371,10 +372,10 @@ impl Index {
         } else {
             k
         };
-        let queries: Vec<f32> = if self.metric == Metric::Cosine {
-            normalize_rows(queries, d)
+        let queries: Cow<'_, [f32]> = if self.metric == Metric::Cosine {
+            Cow::Owned(normalize_rows(queries, d))
         } else {
-            queries.to_vec()
+            Cow::Borrowed(queries)
         };
         let tables = self.query_tables(&queries, level);
         let scan = Scan {
@@ -458,7 +459,7 @@ impl Index {
         let one = |query: &[f32]| {
             let mut rq = query.to_vec();
             q.rotation().apply_at(level, &mut rq);
-            QueryTables::new(&self.layout, &rq, q.codebook().centroids(), q.bits())
+            QueryTables::new(&self.layout, rq, q.codebook().centroids(), q.bits())
         };
         if queries.len() <= self.dim() {
             return queries.chunks_exact(self.dim()).map(one).collect();

@@ -164,13 +164,15 @@ impl Layout {
     }
 }
 
-/// One query's tables: `f32` group tables (or per-coordinate tables for rows) and their
-/// `u8` quantization `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
-/// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`.
+/// One query's tables. For a group layout, the `f32` group table `table[g][t]` (the sum of
+/// `rq[j] · centroids[code_j]` over the group's coordinates `j` for group code `t`) is
+/// quantized to `u8`: `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
+/// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`. The rotated
+/// query `rq` is kept for exact scores ([`QueryTables::exact_score`]); the `f32` tables are not.
 #[derive(Debug, Clone, Default)]
 pub struct QueryTables {
-    /// `groups × 2^group_bits` (or `dim × 2^bits` for rows) `f32` entries.
-    pub float: Vec<f32>,
+    /// The rotated query.
+    pub rq: Vec<f32>,
     /// The quantized table (empty for rows).
     pub lut: Vec<u8>,
     /// Step of the quantized table.
@@ -181,33 +183,16 @@ pub struct QueryTables {
 
 impl QueryTables {
     /// Tables for the rotated query `rq` against the unit-scale `centroids` of `bits`-bit codes.
-    pub fn new(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> QueryTables {
-        let b = bits as usize;
+    pub fn new(layout: &Layout, rq: Vec<f32>, centroids: &[f32], bits: u8) -> QueryTables {
         let w = layout.group_bits();
         if w == 0 {
-            let float = rq
-                .iter()
-                .flat_map(|&v| centroids.iter().map(move |&c| v * c))
-                .collect();
             return QueryTables {
-                float,
+                rq,
                 ..QueryTables::default()
             };
         }
-        let (per, size, mask) = (w / b, 1usize << w, (1usize << b) - 1);
-        let groups = layout.groups();
-        let mut float = vec![0.0f32; groups * size];
-        for (g, table) in float.chunks_exact_mut(size).enumerate() {
-            for (t, e) in table.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for u in 0..per {
-                    if let Some(&v) = rq.get(g * per + u) {
-                        acc += v * centroids[(t >> (u * b)) & mask];
-                    }
-                }
-                *e = acc;
-            }
-        }
+        let size = 1usize << w;
+        let float = group_tables(layout, &rq, centroids, bits);
         let mut base = 0.0f32;
         let mut range = 0.0f32;
         let mins: Vec<f32> = float
@@ -225,27 +210,86 @@ impl QueryTables {
         let lut = float
             .chunks_exact(size)
             .zip(&mins)
+            // v ≥ lo, so adding 0.5 and truncating rounds to nearest.
             .flat_map(|(t, &lo)| {
-                // v ≥ lo, so adding 0.5 and truncating rounds to nearest.
                 t.iter()
                     .map(move |&v| ((v - lo) * inv + 0.5).min(255.0) as u8)
             })
             .collect();
         QueryTables {
-            float,
+            rq,
             lut,
             delta,
             base,
         }
     }
 
-    /// `Σ_g float[g][code_g]` for vector `v` of `block`: the exact (unquantized) table score.
-    pub fn exact_score(&self, layout: &Layout, block: &[u8], v: usize) -> f32 {
-        let size = 1usize << layout.group_bits();
+    /// `⟨rq, ĉ⟩` for vector `v` of a group-layout `block`, in `f32` without table rounding:
+    /// `Σ_g table[g][code_g]` with the `f32` group tables of [`QueryTables`].
+    pub fn exact_score(
+        &self,
+        layout: &Layout,
+        block: &[u8],
+        v: usize,
+        centroids: &[f32],
+        bits: u8,
+    ) -> f32 {
+        let w = layout.group_bits();
         (0..layout.groups())
-            .map(|g| self.float[g * size + layout.group_code(block, v, g)])
+            .map(|g| {
+                group_dot(
+                    &self.rq,
+                    centroids,
+                    bits,
+                    w,
+                    g,
+                    layout.group_code(block, v, g),
+                )
+            })
             .sum()
     }
+
+    /// The `f32` tables of a scan without `u8` rounding: per-coordinate `rq[j] · centroids[c]`
+    /// (`dim × 2^bits`) for the rows layout, else the group tables (`groups × 2^group_bits`).
+    pub fn float_tables(&self, layout: &Layout, centroids: &[f32], bits: u8) -> Vec<f32> {
+        match layout {
+            Layout::Rows { .. } => self
+                .rq
+                .iter()
+                .flat_map(|&v| centroids.iter().map(move |&c| v * c))
+                .collect(),
+            _ => group_tables(layout, &self.rq, centroids, bits),
+        }
+    }
+}
+
+/// The `f32` group tables `table[g][t] = group_dot(g, t)` of a group layout.
+fn group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec<f32> {
+    let w = layout.group_bits();
+    let size = 1usize << w;
+    let mut float = vec![0.0f32; layout.groups() * size];
+    for (g, table) in float.chunks_exact_mut(size).enumerate() {
+        for (t, e) in table.iter_mut().enumerate() {
+            *e = group_dot(rq, centroids, bits, w, g, t);
+        }
+    }
+    float
+}
+
+/// `Σ_u rq[g·per + u] · centroids[code_u]` for the `per = w / bits` coordinates of group `g`
+/// with group code `t` (padded coordinates count zero).
+#[inline]
+fn group_dot(rq: &[f32], centroids: &[f32], bits: u8, w: usize, g: usize, t: usize) -> f32 {
+    let b = bits as usize;
+    let per = w / b;
+    let mask = (1usize << b) - 1;
+    let mut acc = 0.0f32;
+    for u in 0..per {
+        if let Some(&v) = rq.get(g * per + u) {
+            acc += v * centroids[(t >> (u * b)) & mask];
+        }
+    }
+    acc
 }
 
 #[cfg(test)]

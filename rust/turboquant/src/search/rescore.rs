@@ -13,10 +13,12 @@ impl Index {
     pub(super) fn refine_hits(&self, t: &QueryTables, hits: Vec<Hit>, k: usize) -> Vec<Hit> {
         let bb = self.layout.block_bytes();
         let codes = self.codes.as_slice();
+        let (centroids, bits) = (self.quantizer.codebook().centroids(), self.quantizer.bits());
         let mut top = TopK::new(k);
         for h in hits {
             let b = h.slot / BLOCK;
-            let est = t.exact_score(&self.layout, &codes[b * bb..(b + 1) * bb], h.slot % BLOCK);
+            let block = &codes[b * bb..(b + 1) * bb];
+            let est = t.exact_score(&self.layout, block, h.slot % BLOCK, centroids, bits);
             let ip = self.scales[h.slot] * est;
             let score = if self.metric == Metric::L2 {
                 2.0 * ip - self.sq_norms[h.slot]

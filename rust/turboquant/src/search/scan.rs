@@ -24,120 +24,143 @@ pub struct Scan<'a> {
     pub allowed: Option<&'a [u64]>,
     /// SIMD level.
     pub level: SimdLevel,
-    /// Score with the `f32` tables (reference scan).
+    /// Score with `f32` arithmetic instead of the `u8` tables (reference scan).
     pub float_tables: bool,
     /// Hits kept per query.
     pub keep: usize,
 }
 
+/// The allowed, filled slots of one block and the ranking inputs of its vectors.
+struct BlockView<'a> {
+    first_slot: usize,
+    mask: u32,
+    codes: &'a [u8],
+    scales: &'a [f32],
+    /// `‖x‖²` (L2 only, else empty): L2 ranks by `2⟨q, x⟩ − ‖x‖²` (`‖q‖²` is added at the end).
+    sq_norms: &'a [f32],
+}
+
 impl Scan<'_> {
     /// Scans blocks `blocks` for queries `queries`; one [`TopK`] per query.
     pub fn run(&self, queries: Range<usize>, blocks: Range<usize>) -> Vec<TopK> {
-        let ix = self.index;
-        let n = ix.ids.slots();
-        let bb = ix.layout.block_bytes();
-        let codes_all = ix.codes.as_slice();
         let tables = &self.tables[queries];
         let mut tops: Vec<TopK> = tables.iter().map(|_| TopK::new(self.keep)).collect();
-        let mut sums = [[0u32; BLOCK]; MULTI];
-        let mut est = [0.0f32; BLOCK];
         let mut keys = [0.0f32; BLOCK];
-        let mut codes = vec![0u8; ix.dim()];
-        let fast = ix.layout.group_bits() > 0 && !self.float_tables;
-        let mut t0 = blocks.start;
-        while t0 < blocks.end {
-            let t1 = (t0 + TILE_BLOCKS).min(blocks.end);
-            for (group, tops) in tables.chunks(MULTI).zip(tops.chunks_mut(MULTI)) {
-                let luts: Vec<&[u8]> = group.iter().map(|t| &t.lut[..]).collect();
-                for b in t0..t1 {
-                    let valid = if (b + 1) * BLOCK <= n {
-                        u32::MAX
-                    } else {
-                        (1u32 << (n - b * BLOCK)) - 1
-                    };
-                    let mask = self.allowed.map_or(valid, |a| block_bits(a, b) & valid);
-                    if mask == 0 {
-                        continue;
-                    }
-                    let block = &codes_all[b * bb..(b + 1) * bb];
-                    let slots = b * BLOCK..((b + 1) * BLOCK).min(n);
-                    let scales = &ix.scales[slots.clone()];
-                    // L2 ranks by 2⟨q, x⟩ − ‖x‖² (the constant ‖q‖² is added back at the end).
-                    let sq = if ix.metric == Metric::L2 {
-                        &ix.sq_norms[slots]
-                    } else {
-                        &[][..]
-                    };
-                    if fast {
-                        block_sums_multi(
-                            self.level,
-                            &ix.layout,
-                            block,
-                            &luts,
-                            &mut sums[..group.len()],
-                        );
-                    }
-                    for (i, (t, top)) in group.iter().zip(tops.iter_mut()).enumerate() {
-                        let hits = if fast {
-                            keys_from_sums(
+        if self.index.layout.group_bits() > 0 && !self.float_tables {
+            let mut sums = [[0u32; BLOCK]; MULTI];
+            for t0 in blocks.clone().step_by(TILE_BLOCKS) {
+                let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
+                for (group, tops) in tables.chunks(MULTI).zip(tops.chunks_mut(MULTI)) {
+                    let luts: Vec<&[u8]> = group.iter().map(|t| &t.lut[..]).collect();
+                    for view in tile.clone().filter_map(|b| self.block(b)) {
+                        let sums = &mut sums[..group.len()];
+                        block_sums_multi(self.level, &self.index.layout, view.codes, &luts, sums);
+                        for ((t, top), s) in group.iter().zip(tops.iter_mut()).zip(sums.iter()) {
+                            let hits = keys_from_sums(
                                 self.level,
-                                &sums[i],
+                                s,
                                 t.delta,
                                 t.base,
-                                scales,
-                                sq,
+                                view.scales,
+                                view.sq_norms,
                                 top.threshold(),
                                 &mut keys,
-                            )
-                        } else {
-                            self.estimate(t, block, mask, &mut codes, &mut est);
-                            keys_from_estimates(
-                                self.level,
-                                &est,
-                                scales,
-                                sq,
-                                top.threshold(),
-                                &mut keys,
-                            )
-                        };
-                        let mut m = mask & hits;
-                        while m != 0 {
-                            let v = m.trailing_zeros() as usize;
-                            m &= m - 1;
-                            top.push(Hit {
-                                score: keys[v],
-                                slot: b * BLOCK + v,
-                            });
+                            );
+                            push(top, &view, hits, &keys);
                         }
                     }
                 }
             }
-            t0 = t1;
+        } else {
+            // The reference / rows path: one query at a time over the whole range.
+            let mut est = [0.0f32; BLOCK];
+            let mut codes = vec![0u8; self.index.dim()];
+            for (t, top) in tables.iter().zip(tops.iter_mut()) {
+                let q = &self.index.quantizer;
+                let float = t.float_tables(&self.index.layout, q.codebook().centroids(), q.bits());
+                for view in blocks.clone().filter_map(|b| self.block(b)) {
+                    self.estimate(&float, &view, &mut codes, &mut est);
+                    let hits = keys_from_estimates(
+                        self.level,
+                        &est,
+                        view.scales,
+                        view.sq_norms,
+                        top.threshold(),
+                        &mut keys,
+                    );
+                    push(top, &view, hits, &keys);
+                }
+            }
         }
         tops
     }
 
-    /// `f32`-table estimates of `⟨R q, c⟩` for the vectors of `block` selected by `mask`.
+    /// Block `b` if any of its slots is filled and allowed.
+    fn block(&self, b: usize) -> Option<BlockView<'_>> {
+        let ix = self.index;
+        let n = ix.ids.slots();
+        let valid = if (b + 1) * BLOCK <= n {
+            u32::MAX
+        } else {
+            (1u32 << (n - b * BLOCK)) - 1
+        };
+        let mask = self.allowed.map_or(valid, |a| block_bits(a, b) & valid);
+        if mask == 0 {
+            return None;
+        }
+        let bb = ix.layout.block_bytes();
+        let slots = b * BLOCK..((b + 1) * BLOCK).min(n);
+        Some(BlockView {
+            first_slot: b * BLOCK,
+            mask,
+            codes: &ix.codes.as_slice()[b * bb..(b + 1) * bb],
+            scales: &ix.scales[slots.clone()],
+            sq_norms: if ix.metric == Metric::L2 {
+                &ix.sq_norms[slots]
+            } else {
+                &[]
+            },
+        })
+    }
+
+    /// `f32` estimates of `⟨R q, c⟩` for the selected vectors of a block, from the query's
+    /// [`QueryTables::float_tables`].
     fn estimate(
         &self,
-        t: &QueryTables,
-        block: &[u8],
-        mask: u32,
+        float: &[f32],
+        view: &BlockView<'_>,
         codes: &mut [u8],
         est: &mut [f32; BLOCK],
     ) {
         let layout = &self.index.layout;
-        let mut m = mask;
+        let size = 1usize << layout.group_bits();
+        let mut m = view.mask;
         while m != 0 {
             let v = m.trailing_zeros() as usize;
             m &= m - 1;
             est[v] = match *layout {
                 Layout::Rows { row_bytes, bits } => {
-                    unpack_row(&block[v * row_bytes..(v + 1) * row_bytes], bits, codes);
-                    kernels::lut_sum(self.level, &t.float, 1 << bits, codes)
+                    unpack_row(&view.codes[v * row_bytes..(v + 1) * row_bytes], bits, codes);
+                    kernels::lut_sum(self.level, float, 1 << bits, codes)
                 }
-                _ => t.exact_score(layout, block, v),
+                _ => (0..layout.groups())
+                    .map(|g| float[g * size + layout.group_code(view.codes, v, g)])
+                    .sum(),
             };
         }
+    }
+}
+
+/// Offers the block's allowed vectors whose key passed the threshold (`hits`) to `top`.
+#[inline]
+fn push(top: &mut TopK, view: &BlockView<'_>, hits: u32, keys: &[f32; BLOCK]) {
+    let mut m = view.mask & hits;
+    while m != 0 {
+        let v = m.trailing_zeros() as usize;
+        m &= m - 1;
+        top.push(Hit {
+            score: keys[v],
+            slot: view.first_slot + v,
+        });
     }
 }

@@ -22,55 +22,59 @@ pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
 }
 
 /// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
-/// of vector `l`) into `m` consecutive rows of `out`. For `b ∈ {1, 2, 4, 8}` byte `k` of all
-/// 16 rows is assembled at once (from codes `k·8/b ..`), and 16×16 byte tiles are transposed
-/// into the rows; other widths go row by row.
+/// of vector `l`) into `m` consecutive rows of `out`: the `b` bytes of each group of 8 codes
+/// are assembled for all 16 vectors at once (the layout of [`pack_from`], lane-parallel), and
+/// 16×16 byte tiles are transposed into the rows.
 pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
-    let dim = block.len();
-    let rb = row_bytes(dim, bits);
-    debug_assert_eq!(out.len(), m * rb);
-    if 8 % bits != 0 {
-        for (l, row) in out.chunks_exact_mut(rb).enumerate() {
-            pack_from(dim, bits, row, |j| block[j][l]);
-        }
-        return;
-    }
     match bits {
-        1 => pack_block_pow2::<1>(block, m, out),
-        2 => pack_block_pow2::<2>(block, m, out),
-        4 => pack_block_pow2::<4>(block, m, out),
-        _ => pack_block_pow2::<8>(block, m, out),
+        1 => pack_block_const::<1>(block, m, out),
+        2 => pack_block_const::<2>(block, m, out),
+        3 => pack_block_const::<3>(block, m, out),
+        4 => pack_block_const::<4>(block, m, out),
+        5 => pack_block_const::<5>(block, m, out),
+        6 => pack_block_const::<6>(block, m, out),
+        7 => pack_block_const::<7>(block, m, out),
+        _ => pack_block_const::<8>(block, m, out),
     }
 }
 
-/// [`pack_block`] for `B ∈ {1, 2, 4, 8}` (constant shifts vectorize).
-fn pack_block_pow2<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
+/// [`pack_block`] for a constant width (constant shifts vectorize, even at the SSE2 baseline).
+fn pack_block_const<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
     let dim = block.len();
     let rb = row_bytes(dim, B as u8);
-    let per_byte = 8 / B;
-    let byte_at = |k: usize| -> [u8; 16] {
-        let mut byte = [0u8; 16];
-        for (i, codes) in block[k * per_byte..((k + 1) * per_byte).min(dim)]
-            .iter()
-            .enumerate()
-        {
-            for l in 0..16 {
-                byte[l] |= codes[l] << (i * B);
+    debug_assert_eq!(out.len(), m * rb);
+    // bytes[k][l]: byte k of row l
+    let mut bytes = vec![[0u8; 16]; rb.div_ceil(16) * 16];
+    if 8 % B == 0 {
+        // whole codes per byte: byte k holds codes k·8/B .. (16 byte lanes per operation)
+        for (dst, group) in bytes.iter_mut().zip(block.chunks(8 / B)) {
+            for (i, codes) in group.iter().enumerate() {
+                for l in 0..16 {
+                    dst[l] |= codes[l] << (i * B);
+                }
             }
         }
-        byte
-    };
-    let tiles = rb / 16;
-    for t in 0..tiles {
-        let tile: [[u8; 16]; 16] = std::array::from_fn(|i| byte_at(16 * t + i));
-        let rows = transpose16_u8(&tile);
-        for (l, row) in rows.iter().enumerate().take(m) {
-            out[l * rb + 16 * t..l * rb + 16 * t + 16].copy_from_slice(row);
+    } else {
+        // codes straddle bytes: 8 codes → B bytes through a 64-bit accumulator per row
+        for (g, group) in block.chunks(8).enumerate() {
+            let mut acc = [0u64; 16];
+            for (i, codes) in group.iter().enumerate() {
+                for l in 0..16 {
+                    acc[l] |= u64::from(codes[l]) << (i * B);
+                }
+            }
+            for (j, dst) in bytes[g * B..(g * B + B).min(rb)].iter_mut().enumerate() {
+                for l in 0..16 {
+                    dst[l] = (acc[l] >> (8 * j)) as u8;
+                }
+            }
         }
     }
-    for k in tiles * 16..rb {
-        for (l, &v) in byte_at(k).iter().enumerate().take(m) {
-            out[l * rb + k] = v;
+    for (t, tile) in bytes.chunks_exact(16).enumerate() {
+        let rows = transpose16_u8(&std::array::from_fn(|i| tile[i]));
+        let width = (rb - 16 * t).min(16);
+        for (l, row) in rows.iter().enumerate().take(m) {
+            out[l * rb + 16 * t..l * rb + 16 * t + width].copy_from_slice(&row[..width]);
         }
     }
 }
@@ -181,6 +185,34 @@ mod tests {
                 let packed = pack(&codes, dim, bits).unwrap();
                 assert_eq!(packed.len(), 3 * row_bytes(dim, bits));
                 assert_eq!(unpack(&packed, dim, bits).unwrap(), codes);
+            }
+        }
+    }
+
+    #[test]
+    fn block_packing_equals_row_packing() {
+        for bits in 1..=8u8 {
+            for dim in [1usize, 7, 8, 9, 100, 129, 384] {
+                for m in [16usize, 5] {
+                    let block: Vec<[u8; 16]> = (0..dim)
+                        .map(|j| {
+                            std::array::from_fn(|l| ((j * 31 + l * 7 + 3) % (1 << bits)) as u8)
+                        })
+                        .collect();
+                    let rb = row_bytes(dim, bits);
+                    let mut out = vec![0xAAu8; m * rb];
+                    pack_block(&block, m, bits, &mut out);
+                    for l in 0..m {
+                        let row: Vec<u8> = block.iter().map(|c| c[l]).collect();
+                        let mut want = vec![0u8; rb];
+                        pack_row(&row, bits, &mut want);
+                        assert_eq!(
+                            &out[l * rb..(l + 1) * rb],
+                            &want[..],
+                            "b={bits} d={dim} m={m} l={l}"
+                        );
+                    }
+                }
             }
         }
     }

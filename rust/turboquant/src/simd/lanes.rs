@@ -45,12 +45,17 @@ trait Row: Copy {
     fn lookup(codes: &[u8; LANES], table: &[f32]) -> Self {
         Self::load(&codes.map(|c| table[c as usize]))
     }
-    /// For a full 16-entry codebook: `(code, centroid)` per lane of the scaled coordinates `y`,
-    /// code = number of the 15 `boundaries` strictly below (the 16th entry is +∞ padding).
-    /// The default is a compare-and-select sweep.
+    /// For a codebook of `k ≤ 16` centroids (a power of two), padded to 16 entries:
+    /// `(code, centroid)` per lane of the scaled coordinates `y`, code = number of the `k − 1`
+    /// real `boundaries` strictly below. The default is a compare-and-select sweep.
     #[inline(always)]
-    fn encode16(y: Self, boundaries: &[f32; 16], centroids: &[f32]) -> (Self, Self) {
-        sweep(y, &boundaries[..15], centroids)
+    fn encode_small(
+        y: Self,
+        boundaries: &[f32; 16],
+        centroids: &[f32; 16],
+        k: usize,
+    ) -> (Self, Self) {
+        sweep(y, &boundaries[..k - 1], &centroids[..k])
     }
 }
 
@@ -356,19 +361,26 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn encode16(y: Self, boundaries: &[f32; 16], centroids: &[f32]) -> (Self, Self) {
-            // Branchless binary search with in-register 16-entry table lookups (vpermps):
-            // the same count of boundaries below `y` as the sweep, in 4 steps instead of 15.
-            debug_assert_eq!(centroids.len(), 16);
-            // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each.
+        fn encode_small(
+            y: Self,
+            boundaries: &[f32; 16],
+            centroids: &[f32; 16],
+            k: usize,
+        ) -> (Self, Self) {
+            // Branchless binary search with in-register 16-entry table lookups (vpermps): the
+            // same count of boundaries below `y` as the sweep, in log2(k) steps instead of k − 1.
+            // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each and every
+            // probe index stays below k − 1 ≤ 15.
             unsafe {
                 let table = _mm512_loadu_ps(boundaries.as_ptr());
                 let mut idx = _mm512_setzero_si512();
-                for step in [8, 4, 2, 1] {
+                let mut step = (k / 2) as i32;
+                while step > 0 {
                     let probe = _mm512_add_epi32(idx, _mm512_set1_epi32(step - 1));
                     let t = _mm512_permutexvar_ps(probe, table);
                     let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, y.0);
                     idx = _mm512_mask_add_epi32(idx, m, idx, _mm512_set1_epi32(step));
+                    step /= 2;
                 }
                 let val = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(centroids.as_ptr()));
                 (Avx512(_mm512_cvtepi32_ps(idx)), Avx512(val))
@@ -554,17 +566,19 @@ lane_kernel! {
         let inv = R::load(inv);
         let mut dot = [R::splat(0.0); LANES];
         let mut sq = [R::splat(0.0); LANES];
-        let mut padded = [f32::INFINITY; 16];
-        if boundaries.len() == 15 {
-            padded[..15].copy_from_slice(boundaries);
+        let k = centroids.len();
+        let (mut bnd16, mut cent16) = ([f32::INFINITY; 16], [0.0f32; 16]);
+        if k <= 16 {
+            bnd16[..k - 1].copy_from_slice(boundaries);
+            cent16[..k].copy_from_slice(centroids);
         }
         for (j, ((r, c), v)) in x.iter().zip(codes.iter_mut()).zip(values.iter_mut()).enumerate() {
             let xr = R::load(r);
             let y = xr.mul(inv);
-            let (code, val) = match centroids.len() {
-                16 => R::encode16(y, &padded, centroids),
-                k if k < 16 => sweep(y, boundaries, centroids),
-                _ => binary_search(y, boundaries, centroids),
+            let (code, val) = if k <= 16 {
+                R::encode_small(y, &bnd16, &cent16, k)
+            } else {
+                binary_search(y, boundaries, centroids)
             };
             val.store(v);
             *c = code.to_bytes();

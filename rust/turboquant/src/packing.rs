@@ -101,9 +101,61 @@ pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
     unpack_into(packed, out.len(), bits, |j, c| out[j] = c);
 }
 
-/// Unpacks one row into column `lane` of a coordinate-major code block.
-pub fn unpack_lane<const L: usize>(packed: &[u8], bits: u8, block: &mut [[u8; L]], lane: usize) {
-    unpack_into(packed, block.len(), bits, |j, c| block[j][lane] = c);
+/// The inverse of [`pack_block`]: unpacks `m` consecutive packed rows of `packed` into the
+/// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
+/// the codes of all 16 rows are extracted at once). Columns `m..` are left as they were.
+pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
+    match bits {
+        1 => unpack_block_const::<1>(packed, m, block),
+        2 => unpack_block_const::<2>(packed, m, block),
+        3 => unpack_block_const::<3>(packed, m, block),
+        4 => unpack_block_const::<4>(packed, m, block),
+        5 => unpack_block_const::<5>(packed, m, block),
+        6 => unpack_block_const::<6>(packed, m, block),
+        7 => unpack_block_const::<7>(packed, m, block),
+        _ => unpack_block_const::<8>(packed, m, block),
+    }
+}
+
+/// [`unpack_block`] for a constant width.
+fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8; 16]]) {
+    let dim = block.len();
+    let rb = row_bytes(dim, B as u8);
+    debug_assert_eq!(packed.len(), m * rb);
+    // bytes[k][l]: byte k of row l
+    let mut bytes = vec![[0u8; 16]; rb.div_ceil(16) * 16];
+    for (t, dst) in bytes.chunks_exact_mut(16).enumerate() {
+        let width = (rb - 16 * t).min(16);
+        let mut tile = [[0u8; 16]; 16];
+        for (l, row) in tile.iter_mut().enumerate().take(m) {
+            row[..width].copy_from_slice(&packed[l * rb + 16 * t..l * rb + 16 * t + width]);
+        }
+        dst.copy_from_slice(&transpose16_u8(&tile));
+    }
+    let mask = ((1u16 << B) - 1) as u8;
+    if 8 % B == 0 {
+        for (src, group) in bytes.iter().zip(block.chunks_mut(8 / B)) {
+            for (i, codes) in group.iter_mut().enumerate() {
+                for l in 0..16 {
+                    codes[l] = (src[l] >> (i * B)) & mask;
+                }
+            }
+        }
+    } else {
+        for (g, group) in block.chunks_mut(8).enumerate() {
+            let mut acc = [0u64; 16];
+            for (j, src) in bytes[g * B..(g * B + B).min(rb)].iter().enumerate() {
+                for l in 0..16 {
+                    acc[l] |= u64::from(src[l]) << (8 * j);
+                }
+            }
+            for (i, codes) in group.iter_mut().enumerate() {
+                for l in 0..16 {
+                    codes[l] = (acc[l] >> (i * B)) as u8 & mask;
+                }
+            }
+        }
+    }
 }
 
 /// The inverse of [`pack_from`]: `b` bytes → 8 codes, a partial last group from what remains.
@@ -213,6 +265,23 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn block_unpacking_inverts_block_packing() {
+        for bits in 1..=8u8 {
+            for dim in [1usize, 7, 8, 9, 100, 129, 384] {
+                let m = 16;
+                let block: Vec<[u8; 16]> = (0..dim)
+                    .map(|j| std::array::from_fn(|l| ((j * 13 + l * 5 + 1) % (1 << bits)) as u8))
+                    .collect();
+                let mut packed = vec![0u8; m * row_bytes(dim, bits)];
+                pack_block(&block, m, bits, &mut packed);
+                let mut back = vec![[0u8; 16]; dim];
+                unpack_block(&packed, m, bits, &mut back);
+                assert_eq!(back, block, "b={bits} d={dim}");
             }
         }
     }

@@ -19,7 +19,7 @@
 
 use crate::codebook::{self, Codebook};
 use crate::error::{Error, Result};
-use crate::packing::{pack_block, row_bytes, unpack_lane, unpack_row};
+use crate::packing::{pack_block, row_bytes, unpack_block, unpack_row};
 use crate::parallel;
 use crate::rotation::Rotation;
 use crate::simd::kernels::{self, LANES};
@@ -482,15 +482,13 @@ impl Quantizer {
         let m = rows.len() / d;
         let mut scale = [0.0f32; LANES];
         scale[..m].copy_from_slice(&view.scales[first..first + m]);
-        for l in 0..m {
-            let i = first + l;
-            unpack_lane(
-                &view.codes[i * cb..(i + 1) * cb],
-                self.mse_bits(),
-                &mut s.codes,
-                l,
-            );
-        }
+        let rows_of = |i: usize| i * cb..(i + m) * cb;
+        unpack_block(
+            &view.codes[rows_of(first)],
+            m,
+            self.mse_bits(),
+            &mut s.codes,
+        );
         lanes::decode_lanes(
             level,
             &s.codes,
@@ -501,11 +499,15 @@ impl Quantizer {
         );
         if let Some(qjl) = &self.qjl {
             let mut f = [0.0f32; LANES];
-            for (l, slot) in f.iter_mut().enumerate().take(m) {
-                let i = first + l;
-                *slot = view.residual_norms[i] * self.qjl_factor;
-                unpack_lane(&view.qjl_signs[i * sb..(i + 1) * sb], 1, &mut s.codes, l);
+            for (slot, &r) in f.iter_mut().zip(&view.residual_norms[first..first + m]) {
+                *slot = r * self.qjl_factor;
             }
+            unpack_block(
+                &view.qjl_signs[first * sb..(first + m) * sb],
+                m,
+                1,
+                &mut s.codes,
+            );
             lanes::decode_lanes(level, &s.codes, &SIGN_VALUES, &f, &mut s.resid, false);
             qjl.apply_inverse_lanes_at(level, &mut s.resid, &mut s.perm);
             for (o, r) in s.x.iter_mut().zip(&s.resid) {

@@ -24,14 +24,18 @@ import turboquant_rs as tq
 THREADS = 2
 
 
-def best_rate(fn: Callable[[], object], n: int, repeat: int) -> float:
-    fn()  # warm-up (codebooks, page faults)
-    best = float("inf")
+def best_rates(fns: dict[str, tuple[Callable[[], object], int]], repeat: int) -> dict[str, float]:
+    """Vectors/s of each function, best of ``repeat`` rounds; every round times every function
+    once, interleaved, so that a burst of load on the shared machine hits all of them alike."""
+    for fn, _ in fns.values():
+        fn()  # warm-up (codebooks, page faults)
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+        for name, (fn, _) in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: fns[name][1] / best[name] for name in fns}
 
 
 def main() -> None:
@@ -63,18 +67,25 @@ def main() -> None:
         sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_4bit)
         sq.train(x[:20_000])
         faiss_codes = sq.sa_encode(x)
-        faiss_enc = best_rate(lambda: sq.sa_encode(x), n, args.repeat)  # noqa: B023
-        faiss_dec = best_rate(lambda: sq.sa_decode(faiss_codes), n, args.repeat)  # noqa: B023
         for b in args.bits:
             ours = tq.TurboQuant(d, b)
             out = ours.quantize(x)
-            q_rate = best_rate(lambda: ours.quantize(x), n, args.repeat)  # noqa: B023
-            dq_rate = best_rate(lambda: ours.dequantize(out), n, args.repeat)  # noqa: B023
             tt = ttorch.TurboQuant(d, b, unbiased=False)
             with torch.no_grad():
                 tt_out = tt.quantize(xt)
-                tt_q = best_rate(lambda: tt.quantize(xt), n_tt, args.repeat)  # noqa: B023
-                tt_dq = best_rate(lambda: tt.dequantize(tt_out), n_tt, args.repeat)  # noqa: B023
+                r = best_rates(
+                    {
+                        "q": (lambda: ours.quantize(x), n),  # noqa: B023
+                        "dq": (lambda: ours.dequantize(out), n),  # noqa: B023
+                        "faiss_enc": (lambda: sq.sa_encode(x), n),  # noqa: B023
+                        "faiss_dec": (lambda: sq.sa_decode(faiss_codes), n),  # noqa: B023
+                        "tt_q": (lambda: tt.quantize(xt), n_tt),  # noqa: B023
+                        "tt_dq": (lambda: tt.dequantize(tt_out), n_tt),  # noqa: B023
+                    },
+                    args.repeat,
+                )
+            q_rate, dq_rate, tt_q, tt_dq = r["q"], r["dq"], r["tt_q"], r["tt_dq"]
+            faiss_enc, faiss_dec = r["faiss_enc"], r["faiss_dec"]
             tt_bytes = (
                 tt_out.mse_codes.element_size() * tt_out.mse_codes.numel()
                 + tt_out.mse_norms.element_size() * tt_out.mse_norms.numel()

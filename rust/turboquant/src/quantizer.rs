@@ -403,7 +403,12 @@ impl Quantizer {
         }
         self.rotation.apply_lanes_at(level, &mut s.x, &mut s.perm);
         let inv = norm.map(|v| if v > 0.0 { 1.0 / v } else { 0.0 });
-        // dot = ‖x‖·⟨y, ĉ⟩, sq = ‖ĉ‖²
+        // dot = ‖x‖·⟨y, ĉ⟩, sq = ‖ĉ‖²; the centroid values are kept only for the QJL residual
+        let values: &mut [Lanes] = if self.qjl.is_some() {
+            &mut s.values
+        } else {
+            &mut []
+        };
         let (dot, sq) = lanes::encode_lanes(
             level,
             &s.x,
@@ -411,7 +416,7 @@ impl Quantizer {
             cb.boundaries(),
             cb.centroids(),
             &mut s.codes,
-            &mut s.values,
+            values,
         );
         let mut scale = [0.0f32; LANES];
         for l in 0..LANES {

@@ -24,12 +24,6 @@ trait Row: Copy {
     fn mul(self, o: Self) -> Self;
     /// Per lane: `if self < than { yes } else { no }`.
     fn select_lt(self, than: Self, yes: Self, no: Self) -> Self;
-    /// Lanes holding small whole numbers (codes) as bytes.
-    fn to_bytes(self) -> [u8; LANES] {
-        let mut f = [0.0f32; LANES];
-        self.store(&mut f);
-        f.map(|v| v as u8)
-    }
     /// `out[j][l] = rows[l·dim + j]` for the `m = rows.len()/dim ≤ LANES` rows, zero beyond.
     #[inline(always)]
     fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
@@ -54,8 +48,11 @@ trait Row: Copy {
         boundaries: &[f32; 16],
         centroids: &[f32; 16],
         k: usize,
-    ) -> (Self, Self) {
-        sweep(y, &boundaries[..k - 1], &centroids[..k])
+    ) -> ([u8; LANES], Self) {
+        let (code, val) = sweep(y, &boundaries[..k - 1], &centroids[..k]);
+        let mut f = [0.0f32; LANES];
+        code.store(&mut f);
+        (f.map(|v| v as u8), val)
     }
 }
 
@@ -281,16 +278,6 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn to_bytes(self) -> [u8; 16] {
-            let mut out = [0u8; 16];
-            // SAFETY: AVX-512F is enabled in every caller; `out` has 16 writable bytes.
-            unsafe {
-                let v = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(self.0));
-                _mm_storeu_si128(out.as_mut_ptr().cast(), v);
-            }
-            out
-        }
-        #[inline(always)]
         fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
             let m = rows.len() / dim;
             if m < 16 {
@@ -366,7 +353,7 @@ mod x86 {
             boundaries: &[f32; 16],
             centroids: &[f32; 16],
             k: usize,
-        ) -> (Self, Self) {
+        ) -> ([u8; 16], Self) {
             // Branchless binary search with in-register 16-entry table lookups (vpermps): the
             // same count of boundaries below `y` as the sweep, in log2(k) steps instead of k − 1.
             // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each and every
@@ -383,7 +370,9 @@ mod x86 {
                     step /= 2;
                 }
                 let val = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(centroids.as_ptr()));
-                (Avx512(_mm512_cvtepi32_ps(idx)), Avx512(val))
+                let mut code = [0u8; 16];
+                _mm_storeu_si128(code.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(idx));
+                (code, Avx512(val))
             }
         }
     }
@@ -561,7 +550,8 @@ lane_kernel! {
 
 lane_kernel! {
     /// Codes of `x[j][l] · inv[l]` (the number of `boundaries` strictly below), the chosen
-    /// centroid values, and per lane `(Σ x·value, Σ value²)` summed as [`dot_lanes`] sums.
+    /// centroid values (into `values`, unless it is empty), and per lane
+    /// `(Σ x·value, Σ value²)` summed as [`dot_lanes`] sums.
     pub fn encode_lanes(x: &[Lanes], inv: &Lanes, boundaries: &[f32], centroids: &[f32], codes: &mut [[u8; LANES]], values: &mut [Lanes]) -> (Lanes, Lanes) {
         let inv = R::load(inv);
         let mut dot = [R::splat(0.0); LANES];
@@ -572,7 +562,8 @@ lane_kernel! {
             bnd16[..k - 1].copy_from_slice(boundaries);
             cent16[..k].copy_from_slice(centroids);
         }
-        for (j, ((r, c), v)) in x.iter().zip(codes.iter_mut()).zip(values.iter_mut()).enumerate() {
+        let keep = !values.is_empty();
+        for (j, (r, c)) in x.iter().zip(codes.iter_mut()).enumerate() {
             let xr = R::load(r);
             let y = xr.mul(inv);
             let (code, val) = if k <= 16 {
@@ -580,8 +571,10 @@ lane_kernel! {
             } else {
                 binary_search(y, boundaries, centroids)
             };
-            val.store(v);
-            *c = code.to_bytes();
+            if keep {
+                val.store(&mut values[j]);
+            }
+            *c = code;
             dot[j % LANES] = dot[j % LANES].add(xr.mul(val));
             sq[j % LANES] = sq[j % LANES].add(val.mul(val));
         }
@@ -591,11 +584,11 @@ lane_kernel! {
 
 /// Per-lane branchless binary search for codebooks of 32..256 entries.
 #[inline(always)]
-fn binary_search<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> (R, R) {
+fn binary_search<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> ([u8; LANES], R) {
     let k = boundaries.len() + 1;
     let mut ys = [0.0f32; LANES];
     y.store(&mut ys);
-    let (mut code, mut val) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (mut code, mut val) = ([0u8; LANES], [0.0f32; LANES]);
     for l in 0..LANES {
         let mut idx = 0usize;
         let mut step = k / 2;
@@ -605,10 +598,10 @@ fn binary_search<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> (R, R) 
             }
             step /= 2;
         }
-        code[l] = idx as f32;
+        code[l] = idx as u8;
         val[l] = centroids[idx];
     }
-    (R::load(&code), R::load(&val))
+    (code, R::load(&val))
 }
 
 /// Sums `LANES` partial-sum rows in the fixed halving-tree order of the reductions.

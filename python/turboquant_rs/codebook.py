@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _native
-from ._convert import as_rows, kind_of, to_kind
+from ._convert import kind_of, to_kind
 
 
 class Codebook(NamedTuple):
@@ -68,4 +68,4 @@ class LloydMaxCodebook:
         return self
 
 
-__all__ = ["Codebook", "LloydMaxCodebook", "get_codebook", "codebook_distortion", "as_rows"]
+__all__ = ["Codebook", "LloydMaxCodebook", "get_codebook", "codebook_distortion"]

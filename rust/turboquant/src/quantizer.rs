@@ -494,14 +494,7 @@ impl Quantizer {
             self.mse_bits(),
             &mut s.codes,
         );
-        lanes::decode_lanes(
-            level,
-            &s.codes,
-            self.codebook.centroids(),
-            &scale,
-            &mut s.x,
-            false,
-        );
+        lanes::decode_lanes(level, &s.codes, self.codebook.centroids(), &scale, &mut s.x);
         if let Some(qjl) = &self.qjl {
             let mut f = [0.0f32; LANES];
             for (slot, &r) in f.iter_mut().zip(&view.residual_norms[first..first + m]) {
@@ -513,7 +506,7 @@ impl Quantizer {
                 1,
                 &mut s.codes,
             );
-            lanes::decode_lanes(level, &s.codes, &SIGN_VALUES, &f, &mut s.resid, false);
+            lanes::decode_lanes(level, &s.codes, &SIGN_VALUES, &f, &mut s.resid);
             qjl.apply_inverse_lanes_at(level, &mut s.resid, &mut s.perm);
             for (o, r) in s.x.iter_mut().zip(&s.resid) {
                 for l in 0..LANES {

@@ -511,17 +511,11 @@ lane_kernel! {
 }
 
 lane_kernel! {
-    /// `out[j][l] (+)= scale[l] · table[codes[j][l]]` (decode into the rotated domain);
-    /// `accumulate` adds to `out` instead of overwriting it.
-    pub fn decode_lanes(codes: &[[u8; LANES]], table: &[f32], scale: &Lanes, out: &mut [Lanes], accumulate: bool) {
+    /// `out[j][l] = scale[l] · table[codes[j][l]]` (decode into the rotated domain).
+    pub fn decode_lanes(codes: &[[u8; LANES]], table: &[f32], scale: &Lanes, out: &mut [Lanes]) {
         let s = R::load(scale);
         for (o, c) in out.iter_mut().zip(codes) {
-            let v = s.mul(R::lookup(c, table));
-            if accumulate {
-                R::load(o).add(v).store(o);
-            } else {
-                v.store(o);
-            }
+            s.mul(R::lookup(c, table)).store(o);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! (point density ∝ f^(1/3)), so even `b = 8` converges in milliseconds.
 //! Codebooks are cached per `(d, b)`.
 
+use crate::cells::CellTable;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,6 +37,7 @@ pub struct Codebook {
     probabilities: Vec<f64>,
     distortion: f64,
     iterations: usize,
+    cells: Option<CellTable>,
 }
 
 impl Codebook {
@@ -54,6 +56,10 @@ impl Codebook {
     /// The `2^bits − 1` decision thresholds, ascending: code `i` is the count of thresholds `< x`.
     pub fn boundaries(&self) -> &[f32] {
         &self.boundaries
+    }
+    /// The O(1) encoding tables over the boundaries (codebooks of up to 16 entries).
+    pub fn cells(&self) -> Option<&CellTable> {
+        self.cells.as_ref()
     }
     /// Probability of each code for a coordinate of a random unit vector (the entropy coder's model).
     pub fn probabilities(&self) -> &[f64] {
@@ -140,10 +146,11 @@ impl Codebook {
             probabilities.push(p.max(0.0));
         }
         let centroids: Vec<f32> = c.iter().map(|&v| v as f32).collect();
-        let boundaries = c.windows(2).map(|w| (0.5 * (w[0] + w[1])) as f32).collect();
+        let boundaries: Vec<f32> = c.windows(2).map(|w| (0.5 * (w[0] + w[1])) as f32).collect();
         Ok(Codebook {
             dim,
             bits,
+            cells: CellTable::new(&boundaries),
             centroids,
             boundaries,
             probabilities,

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bytes;
+pub mod cells;
 pub mod codebook;
 pub mod entropy;
 pub mod error;

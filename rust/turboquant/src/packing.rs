@@ -38,43 +38,46 @@ pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
     }
 }
 
+/// Codes per chunk of the block packers: 128 codes of `B` bits are `16·B` bytes, exactly `B`
+/// byte tiles, so chunks never share a tile and their bytes fit on the stack.
+const CHUNK_CODES: usize = 128;
+
 /// [`pack_block`] for a constant width (constant shifts vectorize, even at the SSE2 baseline).
 fn pack_block_const<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
-    let dim = block.len();
-    let rb = row_bytes(dim, B as u8);
+    let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(out.len(), m * rb);
-    // bytes[k][l]: byte k of row l
-    let mut bytes = vec![[0u8; 16]; rb.div_ceil(16) * 16];
-    if 8 % B == 0 {
-        // whole codes per byte: byte k holds codes k·8/B .. (16 byte lanes per operation)
-        for (dst, group) in bytes.iter_mut().zip(block.chunks(8 / B)) {
-            for (i, codes) in group.iter().enumerate() {
+    for (c, codes) in block.chunks(CHUNK_CODES).enumerate() {
+        // bytes[k][l]: byte 16·B·c + k of row l
+        let mut bytes = [[0u8; 16]; 16 * 8];
+        let nb = row_bytes(codes.len(), B as u8);
+        // code i of a group of 8 starts at bit i·B: its low bits go to byte ⌊i·B/8⌋ at shift
+        // i·B mod 8, and what does not fit spills into the next byte (16 byte lanes per operation)
+        for (g, group) in codes.chunks(8).enumerate() {
+            for (i, code) in group.iter().enumerate() {
+                let (j, shift) = (g * B + i * B / 8, i * B % 8);
                 for l in 0..16 {
-                    dst[l] |= codes[l] << (i * B);
+                    bytes[j][l] |= code[l] << shift;
+                }
+                if shift + B > 8 {
+                    for l in 0..16 {
+                        bytes[j + 1][l] |= code[l] >> (8 - shift);
+                    }
                 }
             }
         }
-    } else {
-        // codes straddle bytes: 8 codes → B bytes through a 64-bit accumulator per row
-        for (g, group) in block.chunks(8).enumerate() {
-            let mut acc = [0u64; 16];
-            for (i, codes) in group.iter().enumerate() {
-                for l in 0..16 {
-                    acc[l] |= u64::from(codes[l]) << (i * B);
+        for (t, tile) in bytes[..nb.div_ceil(16) * 16].chunks_exact(16).enumerate() {
+            let rows = transpose16_u8(tile.try_into().expect("16 rows"));
+            let at = 16 * B * c + 16 * t;
+            let width = (nb - 16 * t).min(16);
+            for (l, row) in rows.iter().enumerate().take(m) {
+                let dst = &mut out[l * rb + at..l * rb + at + width];
+                if width == 16 {
+                    // a constant-length copy: one 16-byte store, no memcpy call
+                    dst.copy_from_slice(row);
+                } else {
+                    dst.copy_from_slice(&row[..width]);
                 }
             }
-            for (j, dst) in bytes[g * B..(g * B + B).min(rb)].iter_mut().enumerate() {
-                for l in 0..16 {
-                    dst[l] = (acc[l] >> (8 * j)) as u8;
-                }
-            }
-        }
-    }
-    for (t, tile) in bytes.chunks_exact(16).enumerate() {
-        let rows = transpose16_u8(&std::array::from_fn(|i| tile[i]));
-        let width = (rb - 16 * t).min(16);
-        for (l, row) in rows.iter().enumerate().take(m) {
-            out[l * rb + 16 * t..l * rb + 16 * t + width].copy_from_slice(&row[..width]);
         }
     }
 }
@@ -119,39 +122,43 @@ pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
 
 /// [`unpack_block`] for a constant width.
 fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8; 16]]) {
-    let dim = block.len();
-    let rb = row_bytes(dim, B as u8);
+    let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(packed.len(), m * rb);
-    // bytes[k][l]: byte k of row l
-    let mut bytes = vec![[0u8; 16]; rb.div_ceil(16) * 16];
-    for (t, dst) in bytes.chunks_exact_mut(16).enumerate() {
-        let width = (rb - 16 * t).min(16);
-        let mut tile = [[0u8; 16]; 16];
-        for (l, row) in tile.iter_mut().enumerate().take(m) {
-            row[..width].copy_from_slice(&packed[l * rb + 16 * t..l * rb + 16 * t + width]);
-        }
-        dst.copy_from_slice(&transpose16_u8(&tile));
-    }
     let mask = ((1u16 << B) - 1) as u8;
-    if 8 % B == 0 {
-        for (src, group) in bytes.iter().zip(block.chunks_mut(8 / B)) {
-            for (i, codes) in group.iter_mut().enumerate() {
-                for l in 0..16 {
-                    codes[l] = (src[l] >> (i * B)) & mask;
+    for (c, codes) in block.chunks_mut(CHUNK_CODES).enumerate() {
+        // bytes[k][l]: byte 16·B·c + k of row l
+        let mut bytes = [[0u8; 16]; 16 * 8];
+        let nb = row_bytes(codes.len(), B as u8);
+        for (t, dst) in bytes[..nb.div_ceil(16) * 16]
+            .chunks_exact_mut(16)
+            .enumerate()
+        {
+            let at = 16 * B * c + 16 * t;
+            let width = (nb - 16 * t).min(16);
+            let mut tile = [[0u8; 16]; 16];
+            for (l, row) in tile.iter_mut().enumerate().take(m) {
+                let src = &packed[l * rb + at..l * rb + at + width];
+                if width == 16 {
+                    row.copy_from_slice(src);
+                } else {
+                    row[..width].copy_from_slice(src);
                 }
             }
+            dst.copy_from_slice(&transpose16_u8(&tile));
         }
-    } else {
-        for (g, group) in block.chunks_mut(8).enumerate() {
-            let mut acc = [0u64; 16];
-            for (j, src) in bytes[g * B..(g * B + B).min(rb)].iter().enumerate() {
+        for (g, group) in codes.chunks_mut(8).enumerate() {
+            for (i, code) in group.iter_mut().enumerate() {
+                let (j, shift) = (g * B + i * B / 8, i * B % 8);
                 for l in 0..16 {
-                    acc[l] |= u64::from(src[l]) << (8 * j);
+                    code[l] = bytes[j][l] >> shift;
                 }
-            }
-            for (i, codes) in group.iter_mut().enumerate() {
-                for l in 0..16 {
-                    codes[l] = (acc[l] >> (i * B)) as u8 & mask;
+                if shift + B > 8 {
+                    for l in 0..16 {
+                        code[l] |= bytes[j + 1][l] << (8 - shift);
+                    }
+                }
+                for c in code.iter_mut() {
+                    *c &= mask;
                 }
             }
         }
@@ -244,7 +251,7 @@ mod tests {
     #[test]
     fn block_packing_equals_row_packing() {
         for bits in 1..=8u8 {
-            for dim in [1usize, 7, 8, 9, 100, 129, 384] {
+            for dim in [1usize, 7, 8, 9, 100, 129, 255, 256, 384, 1000] {
                 for m in [16usize, 5] {
                     let block: Vec<[u8; 16]> = (0..dim)
                         .map(|j| {
@@ -272,7 +279,7 @@ mod tests {
     #[test]
     fn block_unpacking_inverts_block_packing() {
         for bits in 1..=8u8 {
-            for dim in [1usize, 7, 8, 9, 100, 129, 384] {
+            for dim in [1usize, 7, 8, 9, 100, 129, 255, 256, 384, 1000] {
                 let m = 16;
                 let block: Vec<[u8; 16]> = (0..dim)
                     .map(|j| std::array::from_fn(|l| ((j * 13 + l * 5 + 1) % (1 << bits)) as u8))

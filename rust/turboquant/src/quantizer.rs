@@ -415,6 +415,7 @@ impl Quantizer {
             &inv,
             cb.boundaries(),
             cb.centroids(),
+            cb.cells(),
             &mut s.codes,
             values,
         );

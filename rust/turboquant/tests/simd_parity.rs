@@ -40,14 +40,19 @@ fn kernels_are_bit_exact_across_levels() {
 
 #[test]
 fn quantizer_output_is_bit_exact_across_levels() {
-    for (d, bits, mode) in [
-        (128usize, 4u8, Mode::Mse),
+    let every_width = (1..=8u8).flat_map(|b| [(96usize, b, Mode::Mse), (128, b, Mode::Mse)]);
+    let others = [
         (384, 3, Mode::Prod),
         (100, 6, Mode::Mse),
         (1536, 2, Mode::Mse),
-    ] {
+    ];
+    for (d, bits, mode) in every_width.chain(others) {
         let q = Quantizer::new(d, bits, mode, ScaleMode::Lsq, 1).unwrap();
-        let x = gaussian(200, d, 8);
+        let mut x = gaussian(200, d, 8);
+        // a one-hot row and a constant row: coordinates land exactly on few values
+        x[..d].fill(0.0);
+        x[3] = 1.0;
+        x[d..2 * d].fill(0.5);
         let reference = q.quantize_at(SimdLevel::Scalar, &x).unwrap();
         for level in SimdLevel::available() {
             let got = q.quantize_at(level, &x).unwrap();

@@ -10,6 +10,7 @@
 
 use super::kernels::LANES;
 use super::SimdLevel;
+use crate::cells::CellTable;
 
 /// One coordinate of `LANES` vectors.
 pub type Lanes = [f32; LANES];
@@ -39,20 +40,20 @@ trait Row: Copy {
     fn lookup(codes: &[u8; LANES], table: &[f32]) -> Self {
         Self::load(&codes.map(|c| table[c as usize]))
     }
-    /// For a codebook of `k ≤ 16` centroids (a power of two), padded to 16 entries:
-    /// `(code, centroid)` per lane of the scaled coordinates `y`, code = number of the `k − 1`
-    /// real `boundaries` strictly below. The default is a compare-and-select sweep.
+    /// `(code, centroid)` per lane of the scaled coordinates `y` for a codebook of at most 16
+    /// entries with its [`CellTable`] (`centroids` padded to 16 entries; code = the number of
+    /// `boundaries` strictly below). The default looks up the cells lane by lane.
     #[inline(always)]
     fn encode_small(
         y: Self,
-        boundaries: &[f32; 16],
+        cells: &CellTable,
+        _boundaries: &[f32],
         centroids: &[f32; 16],
-        k: usize,
     ) -> ([u8; LANES], Self) {
-        let (code, val) = sweep(y, &boundaries[..k - 1], &centroids[..k]);
-        let mut f = [0.0f32; LANES];
-        code.store(&mut f);
-        (f.map(|v| v as u8), val)
+        let mut ys = [0.0f32; LANES];
+        y.store(&mut ys);
+        let code = ys.map(|v| cells.encode(v));
+        (code, Self::load(&code.map(|c| centroids[c as usize])))
     }
 }
 
@@ -139,6 +140,7 @@ mod x86 {
     //! The register types. Their methods are only ever inlined into functions compiled with
     //! the matching `#[target_feature]` (the dispatchers below), never called elsewhere.
     use super::{Lanes, Row};
+    use crate::cells::{CellTable, CELLS};
     use std::arch::x86_64::*;
 
     #[derive(Clone, Copy)]
@@ -194,6 +196,19 @@ mod x86 {
                     _mm256_blendv_ps(no.1, yes.1, m1),
                 )
             }
+        }
+        #[inline(always)]
+        fn encode_small(
+            y: Self,
+            _cells: &CellTable,
+            boundaries: &[f32],
+            centroids: &[f32; 16],
+        ) -> ([u8; 16], Self) {
+            // AVX2 has no 32-entry permute: compare with every boundary instead.
+            let (code, val) = super::sweep(y, boundaries, &centroids[..=boundaries.len()]);
+            let mut f = [0.0f32; 16];
+            code.store(&mut f);
+            (f.map(|v| v as u8), val)
         }
     }
 
@@ -293,6 +308,10 @@ mod x86 {
                     let mut r = [_mm512_setzero_ps(); 16];
                     for (l, reg) in r.iter_mut().enumerate() {
                         *reg = _mm512_loadu_ps(rows.as_ptr().add(l * dim + 16 * t));
+                        // the same line of the next block: it arrives while this one is encoded
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            rows.as_ptr().wrapping_add((16 + l) * dim + 16 * t) as *const i8,
+                        );
                     }
                     let r = transpose16(r);
                     for (k, reg) in r.iter().enumerate() {
@@ -350,25 +369,36 @@ mod x86 {
         #[inline(always)]
         fn encode_small(
             y: Self,
-            boundaries: &[f32; 16],
+            cells: &CellTable,
+            _boundaries: &[f32],
             centroids: &[f32; 16],
-            k: usize,
         ) -> ([u8; 16], Self) {
-            // Branchless binary search with in-register 16-entry table lookups (vpermps): the
-            // same count of boundaries below `y` as the sweep, in log2(k) steps instead of k − 1.
-            // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 f32 each and every
-            // probe index stays below k − 1 ≤ 15.
+            // The two lookups of `CellTable::encode` as 32-entry two-register permutes.
+            // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 or 32 entries
+            // and the clamped cell index is in 0..32.
             unsafe {
-                let table = _mm512_loadu_ps(boundaries.as_ptr());
-                let mut idx = _mm512_setzero_si512();
-                let mut step = (k / 2) as i32;
-                while step > 0 {
-                    let probe = _mm512_add_epi32(idx, _mm512_set1_epi32(step - 1));
-                    let t = _mm512_permutexvar_ps(probe, table);
-                    let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, y.0);
-                    idx = _mm512_mask_add_epi32(idx, m, idx, _mm512_set1_epi32(step));
-                    step /= 2;
-                }
+                let u = _mm512_fmadd_ps(
+                    y.0,
+                    _mm512_set1_ps(cells.inv_width),
+                    _mm512_set1_ps(cells.offset),
+                );
+                let u = _mm512_min_ps(
+                    _mm512_max_ps(u, _mm512_setzero_ps()),
+                    _mm512_set1_ps((CELLS - 1) as f32),
+                );
+                let g = _mm512_cvttps_epi32(u);
+                let below = _mm512_permutex2var_epi32(
+                    _mm512_loadu_si512(cells.below.as_ptr().cast()),
+                    g,
+                    _mm512_loadu_si512(cells.below.as_ptr().add(16).cast()),
+                );
+                let inside = _mm512_permutex2var_ps(
+                    _mm512_loadu_ps(cells.inside.as_ptr()),
+                    g,
+                    _mm512_loadu_ps(cells.inside.as_ptr().add(16)),
+                );
+                let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(inside, y.0);
+                let idx = _mm512_mask_add_epi32(below, m, below, _mm512_set1_epi32(1));
                 let val = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(centroids.as_ptr()));
                 let mut code = [0u8; 16];
                 _mm_storeu_si128(code.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(idx));
@@ -546,24 +576,22 @@ lane_kernel! {
     /// Codes of `x[j][l] · inv[l]` (the number of `boundaries` strictly below), the chosen
     /// centroid values (into `values`, unless it is empty), and per lane
     /// `(Σ x·value, Σ value²)` summed as [`dot_lanes`] sums.
-    pub fn encode_lanes(x: &[Lanes], inv: &Lanes, boundaries: &[f32], centroids: &[f32], codes: &mut [[u8; LANES]], values: &mut [Lanes]) -> (Lanes, Lanes) {
+    pub fn encode_lanes(x: &[Lanes], inv: &Lanes, boundaries: &[f32], centroids: &[f32], cells: Option<&CellTable>, codes: &mut [[u8; LANES]], values: &mut [Lanes]) -> (Lanes, Lanes) {
         let inv = R::load(inv);
         let mut dot = [R::splat(0.0); LANES];
         let mut sq = [R::splat(0.0); LANES];
         let k = centroids.len();
-        let (mut bnd16, mut cent16) = ([f32::INFINITY; 16], [0.0f32; 16]);
+        let mut cent16 = [0.0f32; 16];
         if k <= 16 {
-            bnd16[..k - 1].copy_from_slice(boundaries);
             cent16[..k].copy_from_slice(centroids);
         }
         let keep = !values.is_empty();
         for (j, (r, c)) in x.iter().zip(codes.iter_mut()).enumerate() {
             let xr = R::load(r);
             let y = xr.mul(inv);
-            let (code, val) = if k <= 16 {
-                R::encode_small(y, &bnd16, &cent16, k)
-            } else {
-                binary_search(y, boundaries, centroids)
+            let (code, val) = match cells {
+                Some(cells) if k <= 16 => R::encode_small(y, cells, boundaries, &cent16),
+                _ => binary_search(y, boundaries, centroids),
             };
             if keep {
                 val.store(&mut values[j]);

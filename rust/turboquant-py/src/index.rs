@@ -46,10 +46,17 @@ fn from_ids(ids: Vec<u64>) -> Vec<i64> {
 
 #[pymethods]
 impl PyIndex {
-    /// `Index(dim, bits=4, metric="ip", seed=0, rerank=False)`.
+    /// `Index(dim, bits=4, metric="ip", seed=0, rerank=False, center=True)`.
     #[new]
-    #[pyo3(signature = (dim, bits=4, metric="ip", seed=0, rerank=false))]
-    fn new(dim: usize, bits: u8, metric: &str, seed: u64, rerank: bool) -> PyResult<Self> {
+    #[pyo3(signature = (dim, bits=4, metric="ip", seed=0, rerank=false, center=true))]
+    fn new(
+        dim: usize,
+        bits: u8,
+        metric: &str,
+        seed: u64,
+        rerank: bool,
+        center: bool,
+    ) -> PyResult<Self> {
         let metric = Metric::parse(metric).py_err()?;
         let inner = Index::new(
             dim,
@@ -58,6 +65,7 @@ impl PyIndex {
                 metric,
                 seed,
                 rerank,
+                center,
             },
         )
         .py_err()?;
@@ -90,6 +98,16 @@ impl PyIndex {
     #[getter]
     fn rerank(&self) -> bool {
         self.read().rerank()
+    }
+    /// The centre the vectors are quantized against (float32, dim), or None.
+    #[getter]
+    fn center<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.read().center().map(|c| to_array1(py, c.to_vec()))
+    }
+    /// Fixes the centre (float32, dim) before the first add.
+    fn set_center(&self, center: PyReadonlyArray1<'_, f32>) -> PyResult<()> {
+        let c = slice1(&center, "center")?;
+        self.write().set_center(c).py_err()
     }
     /// Whether the codes are served from a memory-mapped file.
     #[getter]

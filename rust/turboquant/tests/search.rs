@@ -142,6 +142,7 @@ fn sample_index(bits: u8, metric: Metric, rerank: bool, n: usize, d: usize) -> (
             metric,
             seed: 11,
             rerank,
+            center: true,
         },
     )
     .unwrap();
@@ -409,4 +410,111 @@ fn bad_input_is_an_error_not_a_panic() {
         .unwrap()
         .ids
         .is_empty());
+}
+
+/// Gaussian rows shifted by a shared offset of norm `shift` (as real embeddings share a mean).
+fn offset_rows(n: usize, d: usize, seed: u64, shift: f32) -> Vec<f32> {
+    let dir = common::unit_rows(common::gaussian(1, d, 99), d);
+    let mut x = common::gaussian(n, d, seed);
+    for row in x.chunks_exact_mut(d) {
+        for (v, &m) in row.iter_mut().zip(&dir) {
+            *v = *v / (d as f32).sqrt() + shift * m;
+        }
+    }
+    x
+}
+
+#[test]
+fn centring_improves_recall_and_scores_on_offset_data() {
+    let (n, d) = (4000, 64);
+    let x = offset_rows(n, d, 3, 1.5);
+    let q = offset_rows(60, d, 8, 1.0);
+    for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
+        let truth = exact_top(&x, &q, d, 10, metric);
+        let mut result = Vec::new();
+        for center in [false, true] {
+            let mut index = Index::new(
+                d,
+                IndexOptions {
+                    bits: 2,
+                    metric,
+                    center,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            index.add(&x).unwrap();
+            assert_eq!(index.center().is_some(), center);
+            let res = index.search(&q, 10, &Filter::All).unwrap();
+            // reported scores against the exact ones, over every returned hit
+            let mut err = 0.0f64;
+            for (qi, qq) in q.chunks_exact(d).enumerate() {
+                for j in 0..10 {
+                    let slot = res.ids[qi * 10 + j] as usize;
+                    let row = &x[slot * d..(slot + 1) * d];
+                    let dot: f32 = row.iter().zip(qq).map(|(a, b)| a * b).sum();
+                    let nr: f32 = row.iter().map(|a| a * a).sum();
+                    let nq: f32 = qq.iter().map(|a| a * a).sum();
+                    let exact = match metric {
+                        Metric::InnerProduct => dot,
+                        Metric::Cosine => dot / (nr * nq).sqrt(),
+                        Metric::L2 => nq + nr - 2.0 * dot,
+                    };
+                    err += f64::from((res.scores[qi * 10 + j] - exact).abs());
+                }
+            }
+            result.push((recall_at(&res.ids, &truth, 10), err / (60.0 * 10.0)));
+        }
+        let ((r_off, e_off), (r_on, e_on)) = (result[0], result[1]);
+        println!(
+            "{metric:?} 2-bit: recall@10 {r_off:.3} → {r_on:.3} centred, \
+             mean |score error| {e_off:.4} → {e_on:.4}"
+        );
+        assert!(r_on >= r_off + 0.05, "{metric:?}: {r_off} → {r_on}");
+        assert!(e_on < 0.7 * e_off, "{metric:?}: {e_off} → {e_on}");
+    }
+}
+
+#[test]
+fn the_centre_is_fixed_once_and_survives_save_load() {
+    let d = 32;
+    let x = offset_rows(600, d, 5, 1.0);
+    let dir = std::env::temp_dir().join(format!("tq_centre_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // an empty index keeps its undecided centre through a file
+    let empty = Index::new(d, IndexOptions::default()).unwrap();
+    empty.save(dir.join("empty.tqi")).unwrap();
+    let mut back = Index::load(dir.join("empty.tqi"), false).unwrap();
+    assert_eq!(back.center(), None);
+    back.add(&x).unwrap();
+    let mean: Vec<f32> = (0..d)
+        .map(|j| x.chunks_exact(d).map(|r| r[j]).sum::<f32>() / 600.0)
+        .collect();
+    let c = back.center().unwrap().to_vec();
+    assert!(c.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-5));
+    assert!(back.set_center(&mean).is_err(), "set after add");
+    back.add(&offset_rows(10, d, 6, 3.0)).unwrap();
+    assert_eq!(back.center().unwrap(), &c[..], "later adds keep the centre");
+    for mmap in [false, true] {
+        back.save(dir.join("full.tqi")).unwrap();
+        let again = Index::load(dir.join("full.tqi"), mmap).unwrap();
+        assert_eq!(again.center(), back.center());
+        let q = &x[..8 * d];
+        assert_eq!(
+            again.search(q, 5, &Filter::All).unwrap(),
+            back.search(q, 5, &Filter::All).unwrap()
+        );
+    }
+    // an explicit centre, checked; a first batch below the minimum leaves the index uncentred
+    let mut explicit = Index::new(d, IndexOptions::default()).unwrap();
+    assert!(explicit.set_center(&[0.0; 3]).is_err());
+    assert!(explicit.set_center(&vec![f32::NAN; d]).is_err());
+    explicit.set_center(&mean).unwrap();
+    explicit.add(&x[..5 * d]).unwrap();
+    assert_eq!(explicit.center().unwrap(), &mean[..]);
+    let mut small = Index::new(d, IndexOptions::default()).unwrap();
+    small.add(&x[..5 * d]).unwrap();
+    small.add(&x).unwrap();
+    assert_eq!(small.center(), None);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,5 +1,6 @@
 //! The flat index: append-only storage with stable ids, tombstones, and the exhaustive scan.
 
+use super::center::{self, Center};
 use super::filter::{allowed_slots, Filter};
 use super::ids::IdMap;
 use super::layout::{Layout, QueryTables, BLOCK};
@@ -68,6 +69,9 @@ pub struct IndexOptions {
     pub seed: u64,
     /// Keep fp16 originals and re-score the top `RERANK_FACTOR · k` candidates exactly.
     pub rerank: bool,
+    /// Centre the vectors on the mean of the first batch added (see [`super::center`]);
+    /// [`Index::set_center`] fixes a centre explicitly.
+    pub center: bool,
 }
 
 impl Default for IndexOptions {
@@ -77,6 +81,7 @@ impl Default for IndexOptions {
             metric: Metric::InnerProduct,
             seed: 0,
             rerank: false,
+            center: true,
         }
     }
 }
@@ -150,8 +155,12 @@ pub struct Index {
     pub(super) codes: Bytes,
     /// Per-slot stored scale (`ScaleMode::Proj`).
     pub(super) scales: Vec<f32>,
-    /// Per-slot `‖x‖²` (L2 only).
-    pub(super) sq_norms: Vec<f32>,
+    /// The centre `c` whose difference `x − c` is quantized.
+    pub(super) center: Center,
+    /// Per-slot exact term of the ranking key `scale · est + bias` (empty when it is zero):
+    /// `⟨c, x − c⟩` for ip / cosine, `2⟨c, x − c⟩ − ‖x‖²` for L2 (which ranks by
+    /// `2⟨q, x⟩ − ‖x‖²`; `‖q‖²` and the per-query terms are added to the reported scores).
+    pub(super) biases: Vec<f32>,
     /// Per-slot fp16 originals, little-endian (re-ranking only).
     pub(super) originals: Bytes,
     /// Ids of the slots, tombstones.
@@ -164,7 +173,13 @@ impl Index {
     pub fn new(dim: usize, options: IndexOptions) -> Result<Index> {
         let quantizer =
             Quantizer::new(dim, options.bits, Mode::Mse, ScaleMode::Proj, options.seed)?;
-        Ok(Index::empty(quantizer, options.metric, options.rerank))
+        let mut index = Index::empty(quantizer, options.metric, options.rerank);
+        index.center = if options.center {
+            Center::Auto
+        } else {
+            Center::Off
+        };
+        Ok(index)
     }
 
     pub(super) fn empty(quantizer: Quantizer, metric: Metric, rerank: bool) -> Index {
@@ -175,7 +190,8 @@ impl Index {
             rerank,
             codes: Bytes::default(),
             scales: Vec::new(),
-            sq_norms: Vec::new(),
+            center: Center::Off,
+            biases: Vec::new(),
             originals: Bytes::default(),
             ids: IdMap::default(),
             next_id: 0,
@@ -214,17 +230,34 @@ impl Index {
     pub fn is_mapped(&self) -> bool {
         self.codes.is_mapped()
     }
+    /// The centre the stored vectors are quantized against, once fixed.
+    pub fn center(&self) -> Option<&[f32]> {
+        self.center.vector()
+    }
+
+    /// Fixes the centre explicitly (before anything was added; see [`super::center`]).
+    pub fn set_center(&mut self, c: &[f32]) -> Result<()> {
+        if self.ids.slots() > 0 {
+            return Err(Error::InvalidParameter(
+                "the centre can only be set before the first add".into(),
+            ));
+        }
+        self.center = Center::fixed(c, self.dim())?;
+        Ok(())
+    }
+
     /// Whether `id` is live.
     pub fn contains(&self, id: u64) -> bool {
         self.ids.slot_of(id).is_some()
     }
 
-    /// Bytes held by every buffer of the index (codes, scales, norms, originals, ids, id map,
-    /// tombstones), from their allocations.
+    /// Bytes held by every buffer of the index (codes, scales, biases, centre, originals, ids,
+    /// id map, tombstones), from their allocations.
     pub fn memory_bytes(&self) -> usize {
         self.codes.held_bytes()
             + self.originals.held_bytes()
-            + 4 * (self.scales.capacity() + self.sq_norms.capacity())
+            + 4 * (self.scales.capacity() + self.biases.capacity())
+            + 4 * self.center.vector().map_or(0, <[f32]>::len)
             + self.ids.held_bytes()
     }
 
@@ -271,7 +304,14 @@ impl Index {
         } else {
             vectors
         };
-        let batch = self.quantizer.quantize(x)?;
+        if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!("vectors hold {bad}")));
+        }
+        if self.ids.slots() == 0 {
+            self.center.settle(x, d);
+        }
+        let centered = self.center.vector().map(|c| center::subtract(x, c));
+        let batch = self.quantizer.quantize(centered.as_deref().unwrap_or(x))?;
         let first = self.ids.slots();
         let total = first + n;
         if u32::try_from(total).is_err() {
@@ -281,11 +321,7 @@ impl Index {
         }
         self.write_codes(first, &batch.codes);
         self.scales.extend_from_slice(&batch.scales);
-        if self.metric == Metric::L2 {
-            let level = active_level();
-            self.sq_norms
-                .extend(x.chunks_exact(d).map(|r| kernels::sum_squares(level, r)));
-        }
+        self.push_biases(x, centered.as_deref());
         if self.rerank {
             let o = self.originals.to_mut();
             o.reserve(2 * x.len());
@@ -295,6 +331,30 @@ impl Index {
         let max = ids.iter().copied().max().unwrap_or(0);
         self.next_id = self.next_id.max(max + 1);
         Ok(())
+    }
+
+    /// Appends the biases of rows `x` (and their centred rows) to [`Index::biases`].
+    fn push_biases(&mut self, x: &[f32], centered: Option<&[f32]>) {
+        let (d, level) = (self.dim(), active_level());
+        let l2 = self.metric == Metric::L2;
+        let m = if l2 { 2.0 } else { 1.0 };
+        match (self.center.vector(), centered) {
+            (Some(c), Some(xc)) => {
+                self.biases
+                    .extend(x.chunks_exact(d).zip(xc.chunks_exact(d)).map(|(row, rc)| {
+                        let norm = if l2 {
+                            kernels::sum_squares(level, row)
+                        } else {
+                            0.0
+                        };
+                        m * kernels::dot(level, c, rc) - norm
+                    }))
+            }
+            _ if l2 => self
+                .biases
+                .extend(x.chunks_exact(d).map(|r| -kernels::sum_squares(level, r))),
+            _ => {}
+        }
     }
 
     /// Writes canonical packed rows for slots `first..` into the blocked layout.
@@ -377,7 +437,27 @@ impl Index {
         } else {
             Cow::Borrowed(queries)
         };
-        let tables = self.query_tables(&queries, level);
+        // The codes score `q − c`, doubled for L2 (keys `2⟨q, x⟩ − ‖x‖²`); `⟨q, c⟩` is added back.
+        let l2 = self.metric == Metric::L2;
+        let (scored, offsets): (Cow<'_, [f32]>, Vec<f32>) = match self.center.vector() {
+            Some(c) => {
+                let mut qc = center::subtract(&queries, c);
+                if l2 {
+                    qc.iter_mut().for_each(|v| *v *= 2.0);
+                }
+                let offsets = queries
+                    .chunks_exact(d)
+                    .map(|q| kernels::dot(level, q, c))
+                    .collect();
+                (Cow::Owned(qc), offsets)
+            }
+            None if l2 => (
+                Cow::Owned(queries.iter().map(|v| 2.0 * v).collect()),
+                vec![0.0; nq],
+            ),
+            None => (Cow::Borrowed(&queries[..]), vec![0.0; nq]),
+        };
+        let tables = self.query_tables(&scored, level);
         let scan = Scan {
             index: self,
             tables: &tables,
@@ -441,12 +521,14 @@ impl Index {
             } else {
                 0.0
             };
+            let offset = offsets[qi];
             for (j, h) in hits.iter().take(k).enumerate() {
                 out.ids[qi * k + j] = self.ids.id_of(h.slot);
                 out.scores[qi * k + j] = match (self.metric, self.rerank) {
                     (Metric::L2, true) => -h.score,
-                    (Metric::L2, false) => (qn - h.score).max(0.0),
-                    _ => h.score,
+                    (Metric::L2, false) => (qn - h.score - 2.0 * offset).max(0.0),
+                    (_, true) => h.score,
+                    (_, false) => h.score + offset,
                 };
             }
         }

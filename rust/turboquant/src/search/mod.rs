@@ -23,6 +23,7 @@
 //! **Re-ranking** (opt-in): fp16 originals (2 bytes per coordinate, counted in
 //! [`Index::memory_bytes`]) re-score the best [`index::RERANK_FACTOR`]` · k` exactly.
 
+pub mod center;
 pub mod fastscan;
 pub mod filter;
 pub mod ids;

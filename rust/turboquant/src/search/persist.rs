@@ -1,9 +1,11 @@
 //! Index files: save, load into memory, or load with the code blocks memory-mapped.
 //!
 //! ```text
-//! header(kind 3, see crate::format) | index version u8 (=1) | metric u8 (0 ip, 1 cosine, 2 l2)
-//! | rerank u8 | slots n u64 | next id u64
-//! | ids u64 × n | tombstones u64 × ⌈n/64⌉ | scales f32 × n | l2: ‖x‖² f32 × n
+//! header(kind 3, see crate::format) | index version u8 (=2) | metric u8 (0 ip, 1 cosine, 2 l2)
+//! | rerank u8 | centre u8 (0 off, 1 auto: not fixed yet, 2 fixed) | fixed: centre f32 × dim
+//! | slots n u64 | next id u64
+//! | ids u64 × n | tombstones u64 × ⌈n/64⌉ | scales f32 × n
+//! | biases f32 × n (when centred or l2; see search::index)
 //! | code blocks ⌈n/32⌉ × block_bytes (the search::layout layout)
 //! | rerank: fp16 originals n × dim × 2 bytes | crc32
 //! ```
@@ -12,6 +14,7 @@
 //! damaged file gives [`Error::Corrupt`]. With `mmap`, the code blocks and originals stay in
 //! the mapping (the checksum still reads the whole file once).
 
+use super::center::Center;
 use super::ids::IdMap;
 use super::index::{Index, Metric};
 use super::layout::BLOCK;
@@ -26,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Version of the index section written by this build.
-pub const INDEX_VERSION: u8 = 1;
+pub const INDEX_VERSION: u8 = 2;
 
 fn metric_code(m: Metric) -> u8 {
     match m {
@@ -48,6 +51,11 @@ impl Index {
         w.u8(INDEX_VERSION)
             .u8(metric_code(self.metric))
             .u8(self.rerank as u8);
+        match &self.center {
+            Center::Off => w.u8(0),
+            Center::Auto => w.u8(1),
+            Center::Fixed(c) => w.u8(2).f32s(c),
+        };
         let n = self.ids.slots();
         w.u64(n as u64).u64(self.next_id);
         for slot in 0..n {
@@ -56,7 +64,7 @@ impl Index {
         for &word in self.ids.dead_bits() {
             w.u64(word);
         }
-        w.f32s(&self.scales).f32s(&self.sq_norms);
+        w.f32s(&self.scales).f32s(&self.biases);
         w.bytes(self.codes.as_slice())
             .bytes(self.originals.as_slice());
         w.finish_with_crc()
@@ -133,6 +141,12 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
         1 => true,
         x => return Err(corrupt(format!("bad rerank flag {x}"))),
     };
+    let center = match r.u8()? {
+        0 => Center::Off,
+        1 => Center::Auto,
+        2 => Center::Fixed(r.f32s(q.dim())?),
+        x => return Err(corrupt(format!("bad centre flag {x}"))),
+    };
     let n = r.len(12)?;
     if u32::try_from(n).is_err() {
         return Err(corrupt("too many slots"));
@@ -140,6 +154,11 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
     let next_id = r.u64()?;
     let mut ix = Index::empty(q, metric, rerank);
     ix.next_id = next_id;
+    if n > 0 && center == Center::Auto {
+        return Err(corrupt("vectors stored with an undecided centre"));
+    }
+    let has_biases = center.vector().is_some() || metric == Metric::L2;
+    ix.center = center;
     let ids: Vec<u64> = r
         .bytes(8 * n)?
         .chunks_exact(8)
@@ -152,9 +171,16 @@ fn parse(data: &[u8], bytes: impl Fn(Range<usize>) -> Bytes) -> Result<Index> {
         .collect();
     ix.ids = IdMap::from_parts(&ids, dead, next_id)?;
     ix.scales = r.f32s(n)?;
-    ix.sq_norms = r.f32s(if metric == Metric::L2 { n } else { 0 })?;
-    if ix.scales.iter().chain(&ix.sq_norms).any(|v| !v.is_finite()) {
-        return Err(corrupt("non-finite scale or norm"));
+    ix.biases = r.f32s(if has_biases { n } else { 0 })?;
+    let center_values = ix.center.vector().unwrap_or(&[]);
+    if ix
+        .scales
+        .iter()
+        .chain(&ix.biases)
+        .chain(center_values)
+        .any(|v| !v.is_finite())
+    {
+        return Err(corrupt("non-finite scale, bias or centre"));
     }
     let mut section = |count: usize, unit: usize| {
         let len = count

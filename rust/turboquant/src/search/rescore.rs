@@ -19,12 +19,8 @@ impl Index {
             let b = h.slot / BLOCK;
             let block = &codes[b * bb..(b + 1) * bb];
             let est = t.exact_score(&self.layout, block, h.slot % BLOCK, centroids, bits);
-            let ip = self.scales[h.slot] * est;
-            let score = if self.metric == Metric::L2 {
-                2.0 * ip - self.sq_norms[h.slot]
-            } else {
-                ip
-            };
+            let bias = self.biases.get(h.slot).copied().unwrap_or(0.0);
+            let score = self.scales[h.slot] * est + bias;
             top.push(Hit {
                 score,
                 slot: h.slot,

@@ -2,7 +2,7 @@
 
 use super::fastscan::{block_sums_multi, MULTI};
 use super::filter::block_bits;
-use super::index::{Index, Metric};
+use super::index::Index;
 use super::layout::{Layout, QueryTables, BLOCK};
 use super::score::{keys_from_estimates, keys_from_sums};
 use super::topk::{Hit, TopK};
@@ -36,8 +36,8 @@ struct BlockView<'a> {
     mask: u32,
     codes: &'a [u8],
     scales: &'a [f32],
-    /// `‖x‖²` (L2 only, else empty): L2 ranks by `2⟨q, x⟩ − ‖x‖²` (`‖q‖²` is added at the end).
-    sq_norms: &'a [f32],
+    /// The slots' exact key terms ([`Index`]'s biases; empty when they are zero).
+    biases: &'a [f32],
 }
 
 impl Scan<'_> {
@@ -62,7 +62,7 @@ impl Scan<'_> {
                                 t.delta,
                                 t.base,
                                 view.scales,
-                                view.sq_norms,
+                                view.biases,
                                 top.threshold(),
                                 &mut keys,
                             );
@@ -84,7 +84,7 @@ impl Scan<'_> {
                         self.level,
                         &est,
                         view.scales,
-                        view.sq_norms,
+                        view.biases,
                         top.threshold(),
                         &mut keys,
                     );
@@ -115,10 +115,10 @@ impl Scan<'_> {
             mask,
             codes: &ix.codes.as_slice()[b * bb..(b + 1) * bb],
             scales: &ix.scales[slots.clone()],
-            sq_norms: if ix.metric == Metric::L2 {
-                &ix.sq_norms[slots]
-            } else {
+            biases: if ix.biases.is_empty() {
                 &[]
+            } else {
+                &ix.biases[slots]
             },
         })
     }

@@ -4,20 +4,20 @@ use super::layout::BLOCK;
 use crate::simd::{multiversion, SimdLevel};
 
 /// Keys of the block's first `scales.len()` vectors from the estimates `est` of `⟨R q, c⟩`:
-/// `s · est` or, with `sq_norms` non-empty (L2), `2 s · est − ‖x‖²`; returns the bit mask of
-/// keys `≥ threshold`.
+/// `s · est`, plus the slot's bias when `biases` is non-empty; returns the bit mask of keys
+/// `≥ threshold`.
 #[inline(always)]
 fn keys_mask(
     est: &[f32; BLOCK],
     scales: &[f32],
-    sq_norms: &[f32],
+    biases: &[f32],
     threshold: f32,
     keys: &mut [f32; BLOCK],
 ) -> u32 {
     let n = scales.len().min(BLOCK);
-    if !sq_norms.is_empty() {
+    if !biases.is_empty() {
         for v in 0..n {
-            keys[v] = 2.0 * scales[v] * est[v] - sq_norms[v];
+            keys[v] = scales[v] * est[v] + biases[v];
         }
     } else if let Ok(s) = <&[f32; BLOCK]>::try_from(scales) {
         for v in 0..BLOCK {
@@ -42,7 +42,7 @@ multiversion! {
         delta: f32,
         base: f32,
         scales: &[f32],
-        sq_norms: &[f32],
+        biases: &[f32],
         threshold: f32,
         keys: &mut [f32; BLOCK],
     ) -> u32 {
@@ -50,7 +50,7 @@ multiversion! {
         for (e, &s) in est.iter_mut().zip(sums) {
             *e = delta * s as f32 + base;
         }
-        keys_mask(&est, scales, sq_norms, threshold, keys)
+        keys_mask(&est, scales, biases, threshold, keys)
     }
 }
 
@@ -63,25 +63,25 @@ pub fn keys_from_sums(
     delta: f32,
     base: f32,
     scales: &[f32],
-    sq_norms: &[f32],
+    biases: &[f32],
     threshold: f32,
     keys: &mut [f32; BLOCK],
 ) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if level.supported() == SimdLevel::Avx512
         && scales.len() == BLOCK
-        && (sq_norms.is_empty() || sq_norms.len() == BLOCK)
+        && (biases.is_empty() || biases.len() == BLOCK)
     {
         // SAFETY: AVX-512 F was detected (`supported`); the slices hold a full block.
-        return unsafe { keys_avx512(sums, delta, base, scales, sq_norms, threshold, keys) };
+        return unsafe { keys_avx512(sums, delta, base, scales, biases, threshold, keys) };
     }
-    keys_from_sums_portable(level, sums, delta, base, scales, sq_norms, threshold, keys)
+    keys_from_sums_portable(level, sums, delta, base, scales, biases, threshold, keys)
 }
 
 /// AVX-512 [`keys_from_sums`] for a full block: two 16-lane halves, mask from `vcmpps`.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F; `scales` has [`BLOCK`] entries and `sq_norms` none or [`BLOCK`].
+/// The CPU must support AVX-512 F; `scales` has [`BLOCK`] entries and `biases` none or [`BLOCK`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn keys_avx512(
@@ -89,16 +89,15 @@ unsafe fn keys_avx512(
     delta: f32,
     base: f32,
     scales: &[f32],
-    sq_norms: &[f32],
+    biases: &[f32],
     threshold: f32,
     keys: &mut [f32; BLOCK],
 ) -> u32 {
     use std::arch::x86_64::*;
-    let (d, b, t, two) = (
+    let (d, b, t) = (
         _mm512_set1_ps(delta),
         _mm512_set1_ps(base),
         _mm512_set1_ps(threshold),
-        _mm512_set1_ps(2.0),
     );
     let mut mask = 0u32;
     for h in 0..2 {
@@ -107,11 +106,11 @@ unsafe fn keys_avx512(
             let s = _mm512_cvtepu32_ps(_mm512_loadu_si512(sums.as_ptr().add(16 * h).cast()));
             let est = _mm512_add_ps(_mm512_mul_ps(d, s), b);
             let sc = _mm512_loadu_ps(scales.as_ptr().add(16 * h));
-            let key = if sq_norms.is_empty() {
+            let key = if biases.is_empty() {
                 _mm512_mul_ps(sc, est)
             } else {
-                let sq = _mm512_loadu_ps(sq_norms.as_ptr().add(16 * h));
-                _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(two, sc), est), sq)
+                let bias = _mm512_loadu_ps(biases.as_ptr().add(16 * h));
+                _mm512_add_ps(_mm512_mul_ps(sc, est), bias)
             };
             _mm512_storeu_ps(keys.as_mut_ptr().add(16 * h), key);
             mask |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(key, t) as u32) << (16 * h);
@@ -121,15 +120,15 @@ unsafe fn keys_avx512(
 }
 
 multiversion! {
-    /// Keys `s · est` (or `2 s · est − ‖x‖²` for L2, when `sq_norms` is non-empty) of the block's
+    /// Keys `s · est` (plus the bias, when `biases` is non-empty) of the block's
     /// first `scales.len()` vectors; returns the bit mask of keys `≥ threshold`.
     pub fn keys_from_estimates(
         est: &[f32; BLOCK],
         scales: &[f32],
-        sq_norms: &[f32],
+        biases: &[f32],
         threshold: f32,
         keys: &mut [f32; BLOCK],
     ) -> u32 {
-        keys_mask(est, scales, sq_norms, threshold, keys)
+        keys_mask(est, scales, biases, threshold, keys)
     }
 }

@@ -24,6 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# FAISS's OpenMP workers otherwise spin after each call on the core our second thread needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
@@ -107,9 +109,9 @@ def measure(
     return row
 
 
-def ours(base: np.ndarray, bits: int, rerank: bool) -> Callable[[], TurboQuantIndex]:
+def ours(base: np.ndarray, bits: int, rerank: bool, center: bool = True) -> Callable[[], TurboQuantIndex]:
     def build() -> TurboQuantIndex:
-        index = TurboQuantIndex(base.shape[1], bit_width=bits, rerank=rerank)
+        index = TurboQuantIndex(base.shape[1], bit_width=bits, rerank=rerank, center=center)
         index.add(base)
         return index
 
@@ -185,6 +187,21 @@ def run_dataset(
                     note=note,
                 )
             )
+    for bits in (1, 2, 4):
+        rows.append(
+            measure(
+                name,
+                "turboquant-rs, no centring",
+                str(bits),
+                ours(base, bits, False, center=False),
+                lambda ix, q: ix.search(q, K)[1],
+                lambda ix, m: ix.memory_bytes() / m,
+                n,
+                queries,
+                gt,
+                note="center=False",
+            )
+        )
 
     import turbovec
 
@@ -361,16 +378,18 @@ NOTES = """
   `f32`-table scan (agreement 1.0000 on wiki-MiniLM at 2 and 4 bits, held ≥ 0.99 by
   `rust/turboquant/tests/search.rs`). The stored scale is `proj` (length correction): it measured
   recall@10 0.9524 / 0.8321 (4 / 2 bits) against 0.9513 / 0.8244 for the least-squares scale.
+- Centring (default): the index quantizes `x − c` with `c` the mean of the first batch added, and
+  adds `⟨q, c⟩ + ⟨c, x − c⟩` exactly (one f32 per vector); the "no centring" rows turn it off.
 - turbovec's default search is staged (a coarse pass, then re-scoring a shortlist): that is where its
   4-bit speed comes from and why its 4-bit recall on Gaussian data falls to 0.68 while an exhaustive
   4-bit scan gets 0.84. At 4 bits an exhaustive scan here is bound by the table-lookup shuffles
   (`vpermb`, 2 per 128 codes and query): the 4-bit QPS target cannot be met without a shortlist,
   which the issue rules out.
 - Bytes/vector: turboquant-rs reports `memory_bytes()` (codes padded to blocks of 32, f32 scale,
-  tombstone bits; ids cost nothing while they equal insertion order, else 8 B + a hash map; re-rank
-  adds 2·d fp16 bytes); FAISS rows are `sa_code_size()` (codes + RaBitQ's per-vector factors, no ids);
-  turbovec is its serialized size (its 3-bit mode takes 4-bit memory); turboquant-torch is the
-  tensors it holds (int64 codes).
+  f32 bias when centred, tombstone bits; ids cost nothing while they equal insertion order,
+  else 8 B + a hash map; re-rank adds 2·d fp16 bytes); FAISS rows are `sa_code_size()` (codes +
+  RaBitQ's per-vector factors, no ids); turbovec is its serialized size (its 3-bit mode takes
+  4-bit memory); turboquant-torch is the tensors it holds (int64 codes).
 - FAISS RaBitQ "b+" is b bits per coordinate plus per-vector factors, queries quantized to 4 bits
   (`qb` default); a random rotation (`RR{d}`) is applied first. IndexPQ and IndexPQFastScan are
   trained on a 20,000-vector subsample (IndexPQ on the full base took minutes).

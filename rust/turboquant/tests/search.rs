@@ -516,5 +516,14 @@ fn the_centre_is_fixed_once_and_survives_save_load() {
     small.add(&x[..5 * d]).unwrap();
     small.add(&x).unwrap();
     assert_eq!(small.center(), None);
+    // a failed first add (squared norms overflow) leaves the index, centre included, untouched
+    let mut failed = Index::new(d, IndexOptions::default()).unwrap();
+    let huge: Vec<f32> = (0..600 * d)
+        .map(|i| if (i / d) % 2 == 0 { 1e30 } else { -1e30 })
+        .collect();
+    assert!(failed.add(&huge).is_err());
+    assert_eq!((failed.len(), failed.center()), (0, None));
+    failed.add(&x).unwrap();
+    assert!(failed.center().is_some());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,10 +12,15 @@
 //! smaller or (for a centre far from the data) larger.
 
 use crate::error::{Error, Result};
+use crate::parallel;
+use rayon::prelude::*;
 
 /// The automatic centre is the mean of the first batch added if it holds at least this many
 /// vectors (a smaller batch gives too noisy a mean); otherwise the index stays uncentred.
 pub const MIN_CENTER_ROWS: usize = 256;
+
+/// Rows per partial sum of the automatic centre.
+const MEAN_CHUNK_ROWS: usize = 4096;
 
 /// The centring state of an index.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,11 +51,21 @@ impl Center {
         *self = if n < MIN_CENTER_ROWS {
             Center::Off
         } else {
-            let mut sum = vec![0.0f64; d];
-            for row in x.chunks_exact(d) {
-                for (s, &v) in sum.iter_mut().zip(row) {
-                    *s += f64::from(v);
+            // fixed chunks summed in order: the same centre whatever the thread count
+            let partial = |rows: &[f32]| {
+                let mut sum = vec![0.0f64; d];
+                for row in rows.chunks_exact(d) {
+                    for (s, &v) in sum.iter_mut().zip(row) {
+                        *s += f64::from(v);
+                    }
                 }
+                sum
+            };
+            let parts: Vec<Vec<f64>> =
+                parallel::install(|| x.par_chunks(d * MEAN_CHUNK_ROWS).map(partial).collect());
+            let mut sum = vec![0.0f64; d];
+            for part in parts {
+                sum.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
             }
             Center::Fixed(sum.iter().map(|&s| (s / n as f64) as f32).collect())
         };
@@ -71,14 +86,27 @@ impl Center {
     }
 }
 
+/// `out ← x − c` row by row (in parallel on the crate's threads).
+pub fn subtract_into(x: &[f32], c: &[f32], out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let chunk = c.len() * parallel::rows_per_task(x.len() / c.len());
+    parallel::install(|| {
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(c.len()).zip(x.chunks_exact(c.len())) {
+                    for ((o, &v), &m) in o.iter_mut().zip(x).zip(c) {
+                        *o = v - m;
+                    }
+                }
+            })
+    });
+}
+
 /// `x − c` for every row of `x`.
 pub fn subtract(x: &[f32], c: &[f32]) -> Vec<f32> {
-    let mut out = x.to_vec();
-    for row in out.chunks_exact_mut(c.len()) {
-        for (v, &m) in row.iter_mut().zip(c) {
-            *v -= m;
-        }
-    }
+    let mut out = Vec::new();
+    subtract_into(x, c, &mut out);
     out
 }
 

@@ -17,6 +17,8 @@ use std::borrow::Cow;
 
 /// Id reported for an empty result position (fewer than `k` vectors matched).
 pub const NO_ID: u64 = u64::MAX;
+/// Values (rows × dim) quantized per step of an add: bounds the centred copy to 8 MiB.
+const ADD_CHUNK_VALUES: usize = 1 << 21;
 /// Largest id accepted (ids fit in a signed 64-bit integer).
 pub const MAX_ID: u64 = i64::MAX as u64;
 /// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
@@ -307,21 +309,36 @@ impl Index {
         if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("vectors hold {bad}")));
         }
-        if self.ids.slots() == 0 {
-            self.center.settle(x, d);
-        }
-        let centered = self.center.vector().map(|c| center::subtract(x, c));
-        let batch = self.quantizer.quantize(centered.as_deref().unwrap_or(x))?;
         let first = self.ids.slots();
-        let total = first + n;
-        if u32::try_from(total).is_err() {
+        if u32::try_from(first + n).is_err() {
             return Err(Error::InvalidParameter(
                 "an index holds at most 2^32 vectors".into(),
             ));
         }
-        self.write_codes(first, &batch.codes);
-        self.scales.extend_from_slice(&batch.scales);
-        self.push_biases(x, centered.as_deref());
+        let mut center = self.center.clone();
+        if first == 0 {
+            center.settle(x, d);
+        }
+        // Quantized in chunks (the centred copy stays small), committed once all succeeded.
+        let (mut codes, mut scales, mut biases) = (Vec::new(), Vec::new(), Vec::new());
+        let mut centered = Vec::new();
+        for rows in x.chunks((ADD_CHUNK_VALUES / d).max(1) * d) {
+            let input = match center.vector() {
+                Some(c) => {
+                    center::subtract_into(rows, c, &mut centered);
+                    &centered[..]
+                }
+                None => rows,
+            };
+            let batch = self.quantizer.quantize(input)?;
+            codes.extend_from_slice(&batch.codes);
+            scales.extend_from_slice(&batch.scales);
+            self.biases_of(center.vector(), rows, input, &mut biases);
+        }
+        self.center = center;
+        self.write_codes(first, &codes);
+        self.scales.extend_from_slice(&scales);
+        self.biases.extend_from_slice(&biases);
         if self.rerank {
             let o = self.originals.to_mut();
             o.reserve(2 * x.len());
@@ -333,28 +350,32 @@ impl Index {
         Ok(())
     }
 
-    /// Appends the biases of rows `x` (and their centred rows) to [`Index::biases`].
-    fn push_biases(&mut self, x: &[f32], centered: Option<&[f32]>) {
+    /// Appends to `out` the biases of rows `x` (quantized as `input`: `x − c` when centred on
+    /// `c`); nothing when they are all zero (uncentred ip / cosine).
+    fn biases_of(&self, c: Option<&[f32]>, x: &[f32], input: &[f32], out: &mut Vec<f32>) {
         let (d, level) = (self.dim(), active_level());
         let l2 = self.metric == Metric::L2;
-        let m = if l2 { 2.0 } else { 1.0 };
-        match (self.center.vector(), centered) {
-            (Some(c), Some(xc)) => {
-                self.biases
-                    .extend(x.chunks_exact(d).zip(xc.chunks_exact(d)).map(|(row, rc)| {
-                        let norm = if l2 {
-                            kernels::sum_squares(level, row)
-                        } else {
-                            0.0
-                        };
-                        m * kernels::dot(level, c, rc) - norm
-                    }))
-            }
-            _ if l2 => self
-                .biases
-                .extend(x.chunks_exact(d).map(|r| -kernels::sum_squares(level, r))),
-            _ => {}
+        if c.is_none() && !l2 {
+            return;
         }
+        let bias = |(row, xc): (&[f32], &[f32])| {
+            let norm = if l2 {
+                kernels::sum_squares(level, row)
+            } else {
+                0.0
+            };
+            match c {
+                Some(c) => (if l2 { 2.0 } else { 1.0 }) * kernels::dot(level, c, xc) - norm,
+                None => -norm,
+            }
+        };
+        parallel::install(|| {
+            out.par_extend(
+                x.par_chunks_exact(d)
+                    .zip(input.par_chunks_exact(d))
+                    .map(bias),
+            )
+        });
     }
 
     /// Writes canonical packed rows for slots `first..` into the blocked layout.

@@ -46,6 +46,16 @@ pub fn install<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
     }
 }
 
+/// Runs `f` on the calling thread with a scope whose spawned jobs run in the configured pool:
+/// the caller works on its share instead of sleeping through a hand-off (and waits for the
+/// spawned jobs at the end).
+pub fn in_place_scope<'s, R, F: FnOnce(&rayon::Scope<'s>) -> R>(f: F) -> R {
+    match current() {
+        Some(p) => p.in_place_scope(f),
+        None => rayon::in_place_scope(f),
+    }
+}
+
 /// Rows per parallel task for `n` rows: large enough to amortize scheduling, small enough to balance.
 pub fn rows_per_task(n: usize) -> usize {
     (n / (num_threads() * 8).max(1)).clamp(16, 4096)

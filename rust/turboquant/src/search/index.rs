@@ -19,6 +19,19 @@ use std::borrow::Cow;
 pub const NO_ID: u64 = u64::MAX;
 /// Values (rows × dim) quantized per step of an add: bounds the centred copy to 8 MiB.
 const ADD_CHUNK_VALUES: usize = 1 << 21;
+/// Searches of at most this many query × block pairs run on the calling thread.
+const INLINE_BLOCKS: usize = 256;
+
+/// Where a search runs (see [`Index::search_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    /// All on the calling thread.
+    Inline,
+    /// One query: the calling thread scans one share of the blocks, the pool the others.
+    Split,
+    /// Handed off to the pool.
+    Pool,
+}
 /// Largest id accepted (ids fit in a signed 64-bit integer).
 pub const MAX_ID: u64 = i64::MAX as u64;
 /// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
@@ -425,19 +438,32 @@ impl Index {
         if let Some(bad) = queries.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("query holds {bad}")));
         }
-        // One hand-off to the thread pool for the whole search (each costs microseconds).
-        Ok(parallel::install(|| {
-            self.search_in_pool(queries, nq, params)
-        }))
+        // A hand-off to the pool costs tens of microseconds: small searches (and a one-thread
+        // setting) run on the calling thread, a single query scans one share of the blocks
+        // itself while the pool scans the others, a batch hands off once.
+        let blocks = self.ids.slots().div_ceil(BLOCK);
+        let exec = if parallel::num_threads() <= 1 || nq.saturating_mul(blocks) <= INLINE_BLOCKS {
+            Exec::Inline
+        } else if nq == 1 {
+            Exec::Split
+        } else {
+            Exec::Pool
+        };
+        Ok(match exec {
+            Exec::Pool => parallel::install(|| self.search_in_pool(queries, nq, params, exec)),
+            _ => self.search_in_pool(queries, nq, params, exec),
+        })
     }
 
-    /// [`Index::search_with`] on validated input, run inside the crate's thread pool.
+    /// [`Index::search_with`] on validated input, run as `exec` says.
     fn search_in_pool(
         &self,
         queries: &[f32],
         nq: usize,
         params: &SearchParams<'_>,
+        exec: Exec,
     ) -> SearchResults {
+        let inline = exec != Exec::Pool;
         let d = self.dim();
         let k = params.k;
         let n = self.ids.slots();
@@ -478,7 +504,7 @@ impl Index {
             ),
             None => (Cow::Borrowed(&queries[..]), vec![0.0; nq]),
         };
-        let tables = self.query_tables(&scored, level);
+        let tables = self.query_tables(&scored, level, inline);
         let scan = Scan {
             index: self,
             tables: &tables,
@@ -488,7 +514,11 @@ impl Index {
             keep,
         };
         let nblocks = n.div_ceil(BLOCK);
-        let threads = parallel::num_threads().max(1);
+        let threads = if exec == Exec::Inline {
+            1
+        } else {
+            parallel::num_threads().max(1)
+        };
         let q_chunk = nq.div_ceil(threads).max(1);
         let b_parts = threads
             .div_ceil(nq.div_ceil(q_chunk))
@@ -497,14 +527,27 @@ impl Index {
         let tasks: Vec<(usize, usize)> = (0..nq.div_ceil(q_chunk))
             .flat_map(|qc| (0..b_parts).map(move |bp| (qc, bp)))
             .collect();
-        let parts: Vec<Vec<TopK>> = tasks
-            .par_iter()
-            .map(|&(qc, bp)| {
-                let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
-                let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
-                scan.run(qs, bs)
-            })
-            .collect();
+        let task = |&(qc, bp): &(usize, usize)| {
+            let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
+            let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
+            scan.run(qs, bs)
+        };
+        let parts: Vec<Vec<TopK>> = match exec {
+            Exec::Inline => tasks.iter().map(task).collect(),
+            Exec::Pool => tasks.par_iter().map(task).collect(),
+            Exec::Split => {
+                let mut parts: Vec<Vec<TopK>> = tasks.iter().map(|_| Vec::new()).collect();
+                let task = &task;
+                parallel::in_place_scope(|s| {
+                    let (mine, rest) = parts.split_at_mut(1);
+                    for (slot, t) in rest.iter_mut().zip(&tasks[1..]) {
+                        s.spawn(move |_| *slot = task(t));
+                    }
+                    mine[0] = task(&tasks[0]);
+                });
+                parts
+            }
+        };
         let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(keep)).collect();
         for (&(qc, _), part) in tasks.iter().zip(parts) {
             for (i, top) in part.into_iter().enumerate() {
@@ -522,20 +565,21 @@ impl Index {
             scores: vec![worst; nq * k],
             ids: vec![NO_ID; nq * k],
         };
-        let finished: Vec<Vec<Hit>> = merged
-            .into_par_iter()
-            .enumerate()
-            .map(|(qi, top)| {
-                let mut hits = top.into_sorted();
-                if refine {
-                    hits = self.refine_hits(&tables[qi], hits, k);
-                }
-                if self.rerank {
-                    hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);
-                }
-                hits
-            })
-            .collect();
+        let finish = |(qi, top): (usize, TopK)| {
+            let mut hits = top.into_sorted();
+            if refine {
+                hits = self.refine_hits(&tables[qi], hits, k);
+            }
+            if self.rerank {
+                hits = self.rerank_hits(level, &queries[qi * d..(qi + 1) * d], hits, k);
+            }
+            hits
+        };
+        let finished: Vec<Vec<Hit>> = if inline {
+            merged.into_iter().enumerate().map(finish).collect()
+        } else {
+            merged.into_par_iter().enumerate().map(finish).collect()
+        };
         for (qi, hits) in finished.into_iter().enumerate() {
             let qn = if self.metric == Metric::L2 {
                 kernels::sum_squares(level, &queries[qi * d..(qi + 1) * d])
@@ -557,14 +601,14 @@ impl Index {
     }
 
     /// Lookup tables of each (row-major) query, rotated once (inside the thread pool).
-    fn query_tables(&self, queries: &[f32], level: SimdLevel) -> Vec<QueryTables> {
+    fn query_tables(&self, queries: &[f32], level: SimdLevel, inline: bool) -> Vec<QueryTables> {
         let q = &self.quantizer;
         let one = |query: &[f32]| {
             let mut rq = query.to_vec();
             q.rotation().apply_at(level, &mut rq);
-            QueryTables::new(&self.layout, rq, q.codebook().centroids(), q.bits())
+            QueryTables::new(level, &self.layout, rq, q.codebook().centroids(), q.bits())
         };
-        if queries.len() <= self.dim() {
+        if inline || queries.len() <= self.dim() {
             return queries.chunks_exact(self.dim()).map(one).collect();
         }
         queries.par_chunks_exact(self.dim()).map(one).collect()

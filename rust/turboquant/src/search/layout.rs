@@ -20,6 +20,7 @@
 //! A block's unused slots (past the last vector) are zero codes and are never reported.
 
 use crate::packing::row_bytes;
+use crate::simd::{multiversion, SimdLevel};
 
 /// Vectors per block.
 pub const BLOCK: usize = 32;
@@ -183,7 +184,13 @@ pub struct QueryTables {
 
 impl QueryTables {
     /// Tables for the rotated query `rq` against the unit-scale `centroids` of `bits`-bit codes.
-    pub fn new(layout: &Layout, rq: Vec<f32>, centroids: &[f32], bits: u8) -> QueryTables {
+    pub fn new(
+        level: SimdLevel,
+        layout: &Layout,
+        rq: Vec<f32>,
+        centroids: &[f32],
+        bits: u8,
+    ) -> QueryTables {
         let w = layout.group_bits();
         if w == 0 {
             return QueryTables {
@@ -193,29 +200,8 @@ impl QueryTables {
         }
         let size = 1usize << w;
         let float = group_tables(layout, &rq, centroids, bits);
-        let mut base = 0.0f32;
-        let mut range = 0.0f32;
-        let mins: Vec<f32> = float
-            .chunks_exact(size)
-            .map(|t| {
-                let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
-                let hi = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                base += lo;
-                range = range.max(hi - lo);
-                lo
-            })
-            .collect();
-        let delta = if range > 0.0 { range / 255.0 } else { 1.0 };
-        let inv = 1.0 / delta;
-        let lut = float
-            .chunks_exact(size)
-            .zip(&mins)
-            // v ≥ lo, so adding 0.5 and truncating rounds to nearest.
-            .flat_map(|(t, &lo)| {
-                t.iter()
-                    .map(move |&v| ((v - lo) * inv + 0.5).min(255.0) as u8)
-            })
-            .collect();
+        let mut lut = vec![0u8; float.len()];
+        let (delta, base) = quantize_tables(level, &float, size, &mut lut);
         QueryTables {
             rq,
             lut,
@@ -265,15 +251,63 @@ impl QueryTables {
 
 /// The `f32` group tables `table[g][t] = group_dot(g, t)` of a group layout.
 fn group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec<f32> {
-    let w = layout.group_bits();
-    let size = 1usize << w;
+    let (w, b) = (layout.group_bits(), bits as usize);
+    let (size, per, k) = (1usize << w, w / b, 1usize << b);
     let mut float = vec![0.0f32; layout.groups() * size];
+    // The products of the group's coordinates with every centroid, then each entry sums its
+    // coordinates' products in order u = 0, 1, … (the arithmetic of `group_dot`).
+    let mut products = vec![0.0f32; per * k];
     for (g, table) in float.chunks_exact_mut(size).enumerate() {
+        let coords = rq.len().saturating_sub(g * per).min(per);
+        for u in 0..coords {
+            let v = rq[g * per + u];
+            for (p, &c) in products[u * k..(u + 1) * k].iter_mut().zip(centroids) {
+                *p = v * c;
+            }
+        }
+        if coords == per && per == 1 {
+            // one coordinate per group (4 bits): the table is its products
+            table.copy_from_slice(&products[..k]);
+            continue;
+        }
         for (t, e) in table.iter_mut().enumerate() {
-            *e = group_dot(rq, centroids, bits, w, g, t);
+            let mut acc = 0.0f32;
+            for u in 0..coords {
+                acc += products[u * k + ((t >> (u * b)) & (k - 1))];
+            }
+            *e = acc;
         }
     }
     float
+}
+
+multiversion! {
+    /// Quantizes the `f32` tables (`size` entries per group) to `u8` into `lut`; returns
+    /// `(delta, base)` (see [`QueryTables`]).
+    pub fn quantize_tables(float: &[f32], size: usize, lut: &mut [u8]) -> (f32, f32) {
+        let (mut base, mut range) = (0.0f32, 0.0f32);
+        let mut mins = Vec::with_capacity(float.len() / size);
+        for t in float.chunks_exact(size) {
+            let (mut lo, mut hi) = (t[0], t[0]);
+            for &v in t {
+                lo = if v < lo { v } else { lo };
+                hi = if v > hi { v } else { hi };
+            }
+            base += lo;
+            range = range.max(hi - lo);
+            mins.push(lo);
+        }
+        let delta = if range > 0.0 { range / 255.0 } else { 1.0 };
+        let inv = 1.0 / delta;
+        for ((dst, t), &lo) in lut.chunks_exact_mut(size).zip(float.chunks_exact(size)).zip(&mins) {
+            for (d, &v) in dst.iter_mut().zip(t) {
+                // v ≥ lo, so adding 0.5 and truncating rounds to nearest.
+                let q = (v - lo) * inv + 0.5;
+                *d = if q < 255.0 { q as u8 } else { 255 };
+            }
+        }
+        (delta, base)
+    }
 }
 
 /// `Σ_u rq[g·per + u] · centroids[code_u]` for the `per = w / bits` coordinates of group `g`

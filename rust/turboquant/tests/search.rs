@@ -245,14 +245,22 @@ fn metrics_and_reranking_find_the_true_neighbours() {
 
 #[test]
 fn single_query_equals_its_row_of_a_batch() {
-    let (index, x) = sample_index(3, Metric::InnerProduct, false, 2000, 48);
-    let batch = index.search(&x[..20 * 48], 5, &Filter::All).unwrap();
-    for i in 0..20 {
-        let one = index
-            .search(&x[i * 48..(i + 1) * 48], 5, &Filter::All)
-            .unwrap();
-        assert_eq!(one.ids, batch.ids[i * 5..(i + 1) * 5]);
-        assert_eq!(one.scores, batch.scores[i * 5..(i + 1) * 5]);
+    // 2,000 vectors: single queries run on the calling thread; 12,000: a single query splits
+    // the blocks between the caller and the pool; batches go to the pool.
+    for (n, d) in [(2000, 48), (12_000, 16)] {
+        let (index, x) = sample_index(3, Metric::InnerProduct, false, n, d);
+        let batch = index.search(&x[..20 * d], 5, &Filter::All).unwrap();
+        for i in 0..20 {
+            let one = index
+                .search(&x[i * d..(i + 1) * d], 5, &Filter::All)
+                .unwrap();
+            assert_eq!(one.ids, batch.ids[i * 5..(i + 1) * 5], "n={n} query {i}");
+            assert_eq!(
+                one.scores,
+                batch.scores[i * 5..(i + 1) * 5],
+                "n={n} query {i}"
+            );
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::simd::transpose::transpose16_u8;
+use crate::simd::multiversion;
 
 /// Bytes of one packed row of `dim` codes at `bits` bits each.
 pub const fn row_bytes(dim: usize, bits: u8) -> usize {
@@ -21,20 +22,22 @@ pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
     pack_from(codes.len(), bits, out, |j| codes[j]);
 }
 
-/// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
-/// of vector `l`) into `m` consecutive rows of `out`: the `b` bytes of each group of 8 codes
-/// are assembled for all 16 vectors at once (the layout of [`pack_from`], lane-parallel), and
-/// 16×16 byte tiles are transposed into the rows.
-pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
-    match bits {
-        1 => pack_block_const::<1>(block, m, out),
-        2 => pack_block_const::<2>(block, m, out),
-        3 => pack_block_const::<3>(block, m, out),
-        4 => pack_block_const::<4>(block, m, out),
-        5 => pack_block_const::<5>(block, m, out),
-        6 => pack_block_const::<6>(block, m, out),
-        7 => pack_block_const::<7>(block, m, out),
-        _ => pack_block_const::<8>(block, m, out),
+multiversion! {
+    /// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
+    /// of vector `l`) into `m` consecutive rows of `out`: the `b` bytes of each group of 8 codes
+    /// are assembled for all 16 vectors at once (the layout of [`pack_from`], lane-parallel), and
+    /// 16×16 byte tiles are transposed into the rows.
+    pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
+        match bits {
+            1 => pack_block_const::<1>(block, m, out),
+            2 => pack_block_const::<2>(block, m, out),
+            3 => pack_block_const::<3>(block, m, out),
+            4 => pack_block_const::<4>(block, m, out),
+            5 => pack_block_const::<5>(block, m, out),
+            6 => pack_block_const::<6>(block, m, out),
+            7 => pack_block_const::<7>(block, m, out),
+            _ => pack_block_const::<8>(block, m, out),
+        }
     }
 }
 
@@ -43,6 +46,7 @@ pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
 const CHUNK_CODES: usize = 128;
 
 /// [`pack_block`] for a constant width (constant shifts vectorize, even at the SSE2 baseline).
+#[inline(always)]
 fn pack_block_const<const B: usize>(block: &[[u8; 16]], m: usize, out: &mut [u8]) {
     let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(out.len(), m * rb);
@@ -107,23 +111,26 @@ pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
     unpack_into(packed, out.len(), bits, |j, c| out[j] = c);
 }
 
-/// The inverse of [`pack_block`]: unpacks `m` consecutive packed rows of `packed` into the
-/// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
-/// the codes of all 16 rows are extracted at once). Columns `m..` are left as they were.
-pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
-    match bits {
-        1 => unpack_block_const::<1>(packed, m, block),
-        2 => unpack_block_const::<2>(packed, m, block),
-        3 => unpack_block_const::<3>(packed, m, block),
-        4 => unpack_block_const::<4>(packed, m, block),
-        5 => unpack_block_const::<5>(packed, m, block),
-        6 => unpack_block_const::<6>(packed, m, block),
-        7 => unpack_block_const::<7>(packed, m, block),
-        _ => unpack_block_const::<8>(packed, m, block),
+multiversion! {
+    /// The inverse of [`pack_block`]: unpacks `m` consecutive packed rows of `packed` into the
+    /// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
+    /// the codes of all 16 rows are extracted at once). Columns `m..` are left as they were.
+    pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
+        match bits {
+            1 => unpack_block_const::<1>(packed, m, block),
+            2 => unpack_block_const::<2>(packed, m, block),
+            3 => unpack_block_const::<3>(packed, m, block),
+            4 => unpack_block_const::<4>(packed, m, block),
+            5 => unpack_block_const::<5>(packed, m, block),
+            6 => unpack_block_const::<6>(packed, m, block),
+            7 => unpack_block_const::<7>(packed, m, block),
+            _ => unpack_block_const::<8>(packed, m, block),
+        }
     }
 }
 
 /// [`unpack_block`] for a constant width.
+#[inline(always)]
 fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8; 16]]) {
     let rb = row_bytes(block.len(), B as u8);
     debug_assert_eq!(packed.len(), m * rb);
@@ -264,7 +271,7 @@ mod tests {
                         .collect();
                     let rb = row_bytes(dim, bits);
                     let mut out = vec![0xAAu8; m * rb];
-                    pack_block(&block, m, bits, &mut out);
+                    pack_block(crate::simd::active_level(), &block, m, bits, &mut out);
                     for l in 0..m {
                         let row: Vec<u8> = block.iter().map(|c| c[l]).collect();
                         let mut want = vec![0u8; rb];
@@ -289,9 +296,9 @@ mod tests {
                     .map(|j| std::array::from_fn(|l| ((j * 13 + l * 5 + 1) % (1 << bits)) as u8))
                     .collect();
                 let mut packed = vec![0u8; m * row_bytes(dim, bits)];
-                pack_block(&block, m, bits, &mut packed);
+                pack_block(crate::simd::active_level(), &block, m, bits, &mut packed);
                 let mut back = vec![[0u8; 16]; dim];
-                unpack_block(&packed, m, bits, &mut back);
+                unpack_block(crate::simd::active_level(), &packed, m, bits, &mut back);
                 assert_eq!(back, block, "b={bits} d={dim}");
             }
         }

@@ -432,7 +432,7 @@ impl Quantizer {
             };
         }
         scales_out.copy_from_slice(&scale[..m]);
-        pack_block(&s.codes, m, cb.bits(), codes_out);
+        pack_block(level, &s.codes, m, cb.bits(), codes_out);
         let Some(qjl) = &self.qjl else {
             return Ok(());
         };
@@ -445,7 +445,7 @@ impl Quantizer {
                 c[l] = (r[l] >= 0.0) as u8;
             }
         }
-        pack_block(&s.codes, m, 1, signs_out);
+        pack_block(level, &s.codes, m, 1, signs_out);
         Ok(())
     }
 
@@ -490,6 +490,7 @@ impl Quantizer {
         scale[..m].copy_from_slice(&view.scales[first..first + m]);
         let rows_of = |i: usize| i * cb..(i + m) * cb;
         unpack_block(
+            level,
             &view.codes[rows_of(first)],
             m,
             self.mse_bits(),
@@ -502,6 +503,7 @@ impl Quantizer {
                 *slot = r * self.qjl_factor;
             }
             unpack_block(
+                level,
                 &view.qjl_signs[first * sb..(first + m) * sb],
                 m,
                 1,

@@ -9,8 +9,8 @@
 //! QJL sign bits are 1-bit codes in this layout (bit set ⇔ the projection was `≥ 0`).
 
 use crate::error::{Error, Result};
-use crate::simd::transpose::transpose16_u8;
 use crate::simd::multiversion;
+use crate::simd::transpose::transpose16_u8;
 
 /// Bytes of one packed row of `dim` codes at `bits` bits each.
 pub const fn row_bytes(dim: usize, bits: u8) -> usize {

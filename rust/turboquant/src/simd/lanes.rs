@@ -440,8 +440,10 @@ macro_rules! lane_kernel {
     };
 }
 
-/// Hadamard stages done within cache-resident chunks of `2^CHUNK_STAGES` rows (two radix-8 passes).
-const CHUNK_STAGES: usize = 6;
+/// Hadamard stages done within cache-resident chunks: at least two radix-8 passes (64 rows)…
+const MIN_CHUNK_STAGES: usize = 6;
+/// … and at most 8 stages (256 rows, 16 KiB).
+const MAX_CHUNK_STAGES: usize = 8;
 
 /// Butterfly stages `h, 2h, …` (`S` of them) over every group of `2^S` rows `h` apart, held in
 /// registers. `pre` multiplies rows as they are loaded (the sign flips before the transform),
@@ -498,15 +500,21 @@ lane_kernel! {
         let n = x.len();
         let stages = n.trailing_zeros() as usize;
         let (mut h, mut done) = (1, 0);
-        // Stages inside 64-row chunks run chunk by chunk (4 KiB stays in L1), the rest in
-        // full passes.
-        if stages > CHUNK_STAGES {
-            for (c, chunk) in x.chunks_exact_mut(1 << CHUNK_STAGES).enumerate() {
-                let pre = if pre.is_empty() { pre } else { &pre[c << CHUNK_STAGES..(c + 1) << CHUNK_STAGES] };
+        // The first stages run chunk by chunk, in chunks of 64 to 256 rows (4-16 KiB stay in
+        // L1), so that at most one full pass over the rows is left where possible.
+        if stages > MIN_CHUNK_STAGES {
+            let cs = stages.saturating_sub(3).clamp(MIN_CHUNK_STAGES, MAX_CHUNK_STAGES);
+            for (c, chunk) in x.chunks_exact_mut(1 << cs).enumerate() {
+                let pre = if pre.is_empty() { pre } else { &pre[c << cs..(c + 1) << cs] };
                 radix_pass::<R, 3>(chunk, 1, pre, None, &[]);
                 radix_pass::<R, 3>(chunk, 8, &[], None, &[]);
+                match cs - 6 {
+                    2 => radix_pass::<R, 2>(chunk, 64, &[], None, &[]),
+                    1 => radix_pass::<R, 1>(chunk, 64, &[], None, &[]),
+                    _ => {}
+                }
             }
-            (h, done) = (1 << CHUNK_STAGES, CHUNK_STAGES);
+            (h, done) = (1 << cs, cs);
         }
         if stages == 0 {
             radix_pass::<R, 0>(x, 1, pre, (scale != 1.0).then(|| R::splat(scale)), post);

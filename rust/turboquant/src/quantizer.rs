@@ -167,11 +167,13 @@ struct BlockScratch {
 }
 
 impl BlockScratch {
-    fn new(dim: usize) -> Self {
+    /// Buffers for `dim`-vectors; the QJL buffers (`values`, `resid`) only when `qjl`.
+    fn new(dim: usize, qjl: bool) -> Self {
+        let qjl_rows = if qjl { dim } else { 0 };
         BlockScratch {
             x: vec![[0.0; LANES]; dim],
-            values: vec![[0.0; LANES]; dim],
-            resid: vec![[0.0; LANES]; dim],
+            values: vec![[0.0; LANES]; qjl_rows],
+            resid: vec![[0.0; LANES]; qjl_rows],
             perm: Vec::with_capacity(dim),
             codes: vec![[0; LANES]; dim],
         }
@@ -346,7 +348,7 @@ impl Quantizer {
                 .zip(sign_chunks.par_iter_mut())
                 .zip(rnorm_chunks.par_iter_mut())
                 .try_for_each_init(
-                    || BlockScratch::new(d),
+                    || BlockScratch::new(d, self.qjl.is_some()),
                     |scratch, ((((xs, codes), scales), signs), rnorms)| {
                         for (b, rows) in xs.chunks(LANES * d).enumerate() {
                             let m = rows.len() / d;
@@ -464,7 +466,7 @@ impl Quantizer {
         let chunk = parallel::rows_per_task(view.n).div_ceil(LANES) * LANES;
         parallel::install(|| {
             out.par_chunks_mut(chunk * d).enumerate().for_each_init(
-                || BlockScratch::new(d),
+                || BlockScratch::new(d, self.qjl.is_some()),
                 |s, (c, rows)| {
                     for (b, block) in rows.chunks_mut(LANES * d).enumerate() {
                         self.decode_block(level, view, c * chunk + b * LANES, block, s);

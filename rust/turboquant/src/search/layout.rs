@@ -221,18 +221,24 @@ impl QueryTables {
         bits: u8,
     ) -> f32 {
         let w = layout.group_bits();
-        (0..layout.groups())
-            .map(|g| {
-                group_dot(
-                    &self.rq,
-                    centroids,
-                    bits,
-                    w,
-                    g,
-                    layout.group_code(block, v, g),
-                )
-            })
-            .sum()
+        let dot = |g: usize, code: usize| group_dot(&self.rq, centroids, bits, w, g, code);
+        match *layout {
+            // the nibble of group g is in byte 64·(g/4) + 4·(v mod 16) + g mod 4
+            Layout::Nibble { groups, .. } => {
+                let (at, shift) = (4 * (v % 16), 4 * (v / 16));
+                (0..groups)
+                    .map(|g| {
+                        dot(
+                            g,
+                            ((block[64 * (g / 4) + at + g % 4] >> shift) & 15) as usize,
+                        )
+                    })
+                    .sum()
+            }
+            _ => (0..layout.groups())
+                .map(|g| dot(g, layout.group_code(block, v, g)))
+                .sum(),
+        }
     }
 
     /// The `f32` tables of a scan without `u8` rounding: per-coordinate `rq[j] · centroids[c]`

@@ -1,11 +1,11 @@
 //! `Quantizer`: the core quantizer, taking and returning numpy buffers.
 
-use crate::arrays::{slice1, slice2, to_array1, to_array2};
+use crate::arrays::{contiguous, filled_array2, slice1, slice2, to_array1, to_array2};
 use crate::errors::IntoPy;
-use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use turboquant::{format, BatchView, Mode, Quantizer, ScaleMode};
+use turboquant::{format, BatchMut, BatchView, Mode, Quantizer, ScaleMode};
 
 /// Packed output buffers: codes, scales, signs, residual norms (numpy arrays).
 type Packed<'py> = (
@@ -108,14 +108,25 @@ impl PyQuantizer {
     ) -> PyResult<Packed<'py>> {
         let data = slice2(&x, "x")?;
         let q = &self.inner;
-        let b = py.detach(|| q.quantize(data)).py_err()?;
-        let n = b.n;
-        Ok((
-            to_array2(py, b.codes, n, q.code_bytes())?,
-            to_array1(py, b.scales),
-            to_array2(py, b.qjl_signs, n, q.sign_bytes())?,
-            to_array1(py, b.residual_norms),
-        ))
+        let n = data.len() / q.dim();
+        let prod = q.mode() == Mode::Prod;
+        // numpy allocates the outputs (huge pages for large arrays; see `filled_array2`)
+        let codes = PyArray2::<u8>::zeros(py, [n, q.code_bytes()], false);
+        let scales = PyArray1::<f32>::zeros(py, n, false);
+        let signs = PyArray2::<u8>::zeros(py, [n, if prod { q.sign_bytes() } else { 0 }], false);
+        let rnorms = PyArray1::<f32>::zeros(py, if prod { n } else { 0 }, false);
+        {
+            let (mut c, mut s) = (codes.readwrite(), scales.readwrite());
+            let (mut g, mut r) = (signs.readwrite(), rnorms.readwrite());
+            let out = BatchMut {
+                codes: c.as_slice_mut().map_err(contiguous)?,
+                scales: s.as_slice_mut().map_err(contiguous)?,
+                qjl_signs: g.as_slice_mut().map_err(contiguous)?,
+                residual_norms: r.as_slice_mut().map_err(contiguous)?,
+            };
+            py.detach(|| q.quantize_into(data, out)).py_err()?;
+        }
+        Ok((codes, scales, signs, rnorms))
     }
 
     /// Reconstructs float32 rows (n × dim) from packed buffers.
@@ -135,9 +146,7 @@ impl PyQuantizer {
         };
         let view = bufs.view()?;
         let q = &self.inner;
-        let mut out = vec![0.0f32; view.n * q.dim()];
-        py.detach(|| q.dequantize(&view, &mut out)).py_err()?;
-        to_array2(py, out, view.n, q.dim())
+        filled_array2(py, view.n, q.dim(), |out| q.dequantize(&view, out))
     }
 
     /// Inner-product estimates (n_queries × n) of float32 queries against packed vectors.
@@ -161,10 +170,7 @@ impl PyQuantizer {
         let view = bufs.view()?;
         let q = &self.inner;
         let nq = qs.len() / q.dim().max(1);
-        let mut out = vec![0.0f32; nq * view.n];
-        py.detach(|| q.inner_products(qs, &view, &mut out))
-            .py_err()?;
-        to_array2(py, out, nq, view.n)
+        filled_array2(py, nq, view.n, |out| q.inner_products(qs, &view, out))
     }
 
     /// Applies the rotation (or its inverse) to float32 rows; returns a new array.

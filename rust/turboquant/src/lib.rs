@@ -33,5 +33,5 @@ pub mod simd;
 
 pub use codebook::Codebook;
 pub use error::{Error, Result};
-pub use quantizer::{BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode};
+pub use quantizer::{BatchMut, BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode};
 pub use rotation::Rotation;

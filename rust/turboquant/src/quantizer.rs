@@ -147,6 +147,19 @@ pub struct BatchView<'a> {
     pub residual_norms: &'a [f32],
 }
 
+/// Mutable output buffers of [`Quantizer::quantize_into`] (the fields of [`QuantizedBatch`]).
+#[derive(Debug)]
+pub struct BatchMut<'a> {
+    /// Packed codes, `n × code_bytes`.
+    pub codes: &'a mut [u8],
+    /// Scales, `n`.
+    pub scales: &'a mut [f32],
+    /// Packed QJL signs, `n × sign_bytes` (prod mode, else empty).
+    pub qjl_signs: &'a mut [u8],
+    /// Residual norms, `n` (prod mode, else empty).
+    pub residual_norms: &'a mut [f32],
+}
+
 impl BatchView<'_> {
     /// Bytes held by the buffers.
     pub fn nbytes(&self) -> usize {
@@ -325,15 +338,45 @@ impl Quantizer {
     /// Quantizes at an explicit SIMD level (parity tests and benchmarks).
     pub fn quantize_at(&self, level: SimdLevel, x: &[f32]) -> Result<QuantizedBatch> {
         let n = self.rows(x.len(), "input")?;
-        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
-        let prod = self.qjl.is_some();
+        let (cb, sb) = (self.code_bytes(), self.sign_bytes());
         let mut out = QuantizedBatch {
             n,
             codes: vec![0; n * cb],
             scales: vec![0.0; n],
             qjl_signs: vec![0; n * sb],
-            residual_norms: vec![0.0; if prod { n } else { 0 }],
+            residual_norms: vec![0.0; if self.qjl.is_some() { n } else { 0 }],
         };
+        self.quantize_into_at(
+            level,
+            x,
+            BatchMut {
+                codes: &mut out.codes,
+                scales: &mut out.scales,
+                qjl_signs: &mut out.qjl_signs,
+                residual_norms: &mut out.residual_norms,
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Quantizes into caller-owned buffers, sized as [`QuantizedBatch`]'s for `x`'s rows
+    /// (e.g. arrays allocated by the caller's runtime, which may map huge pages).
+    pub fn quantize_into(&self, x: &[f32], out: BatchMut<'_>) -> Result<()> {
+        self.quantize_into_at(crate::simd::active_level(), x, out)
+    }
+
+    /// [`Quantizer::quantize_into`] at an explicit SIMD level.
+    pub fn quantize_into_at(&self, level: SimdLevel, x: &[f32], out: BatchMut<'_>) -> Result<()> {
+        let n = self.rows(x.len(), "input")?;
+        let (d, cb, sb) = (self.dim, self.code_bytes(), self.sign_bytes());
+        let prod = self.qjl.is_some();
+        self.check(&BatchView {
+            n,
+            codes: out.codes,
+            scales: out.scales,
+            qjl_signs: out.qjl_signs,
+            residual_norms: out.residual_norms,
+        })?;
         // Tasks hold whole blocks of LANES vectors.
         let chunk = parallel::rows_per_task(n).div_ceil(LANES) * LANES;
         let tasks = n.div_ceil(chunk);
@@ -377,7 +420,7 @@ impl Quantizer {
                     },
                 )
         })?;
-        Ok(out)
+        Ok(())
     }
 
     /// Encodes up to [`LANES`] vectors at once in the coordinate-major layout of

@@ -68,7 +68,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn block_rotation_equals_one_vector_rotation() {
     use turboquant::simd::kernels::LANES;
-    for d in [64usize, 96, 384, 1000] {
+    for d in [64usize, 96, 384, 1000, 1100, 1536] {
         let rot = Rotation::new(d, 2, 1).unwrap();
         let x = gaussian(LANES, d, 3);
         let mut block = vec![[0.0f32; LANES]; d];

@@ -453,6 +453,7 @@ const MAX_CHUNK_STAGES: usize = 8;
 #[inline(always)]
 fn radix_pass<R: Row, const S: usize>(
     x: &mut [Lanes],
+    from: Gather<'_>,
     h: usize,
     pre: &[f32],
     scale: Option<R>,
@@ -463,7 +464,10 @@ fn radix_pass<R: Row, const S: usize>(
         for i in base..base + h {
             let mut r: [R; 8] = [R::splat(0.0); 8];
             for (k, slot) in r.iter_mut().enumerate().take(width) {
-                *slot = R::load(&x[i + k * h]);
+                *slot = match from {
+                    Some((src, idx)) => R::load(&src[idx[i + k * h] as usize]),
+                    None => R::load(&x[i + k * h]),
+                };
                 if !pre.is_empty() {
                     *slot = slot.mul(R::splat(pre[i + k * h]));
                 }
@@ -492,11 +496,15 @@ fn radix_pass<R: Row, const S: usize>(
     }
 }
 
+/// Rows read by a transform's first pass instead of its own: row `i` is `src[idx[i]]`.
+pub type Gather<'a> = Option<(&'a [Lanes], &'a [u32])>;
+
 lane_kernel! {
     /// Unnormalized Walsh-Hadamard transform of each lane over `x.len()` (a power of two)
     /// coordinates, then `× scale`; with non-empty `pre` / `post` (one factor per row, for the
-    /// rotation's ±1 signs) the rows are multiplied by them before / after the transform.
-    pub fn fwht_lanes(x: &mut [Lanes], scale: f32, pre: &[f32], post: &[f32]) {
+    /// rotation's ±1 signs) the rows are multiplied by them before / after the transform. With
+    /// `from`, the input rows are gathered from another buffer (`x` is only written first).
+    pub fn fwht_lanes(x: &mut [Lanes], from: Gather<'_>, scale: f32, pre: &[f32], post: &[f32]) {
         let n = x.len();
         let stages = n.trailing_zeros() as usize;
         let (mut h, mut done) = (1, 0);
@@ -506,29 +514,30 @@ lane_kernel! {
             let cs = stages.saturating_sub(3).clamp(MIN_CHUNK_STAGES, MAX_CHUNK_STAGES);
             for (c, chunk) in x.chunks_exact_mut(1 << cs).enumerate() {
                 let pre = if pre.is_empty() { pre } else { &pre[c << cs..(c + 1) << cs] };
-                radix_pass::<R, 3>(chunk, 1, pre, None, &[]);
-                radix_pass::<R, 3>(chunk, 8, &[], None, &[]);
+                let from = from.map(|(src, idx)| (src, &idx[c << cs..(c + 1) << cs]));
+                radix_pass::<R, 3>(chunk, from, 1, pre, None, &[]);
+                radix_pass::<R, 3>(chunk, None, 8, &[], None, &[]);
                 match cs - 6 {
-                    2 => radix_pass::<R, 2>(chunk, 64, &[], None, &[]),
-                    1 => radix_pass::<R, 1>(chunk, 64, &[], None, &[]),
+                    2 => radix_pass::<R, 2>(chunk, None, 64, &[], None, &[]),
+                    1 => radix_pass::<R, 1>(chunk, None, 64, &[], None, &[]),
                     _ => {}
                 }
             }
             (h, done) = (1 << cs, cs);
         }
         if stages == 0 {
-            radix_pass::<R, 0>(x, 1, pre, (scale != 1.0).then(|| R::splat(scale)), post);
+            radix_pass::<R, 0>(x, from, 1, pre, (scale != 1.0).then(|| R::splat(scale)), post);
         }
         while done < stages {
             let take = (stages - done).min(3);
             let last = done + take == stages;
             let s = if last && scale != 1.0 { Some(R::splat(scale)) } else { None };
-            let pre = if done == 0 { pre } else { &[][..] };
+            let (pre, from) = if done == 0 { (pre, from) } else { (&[][..], None) };
             let post = if last { post } else { &[][..] };
             match take {
-                3 => radix_pass::<R, 3>(x, h, pre, s, post),
-                2 => radix_pass::<R, 2>(x, h, pre, s, post),
-                _ => radix_pass::<R, 1>(x, h, pre, s, post),
+                3 => radix_pass::<R, 3>(x, from, h, pre, s, post),
+                2 => radix_pass::<R, 2>(x, from, h, pre, s, post),
+                _ => radix_pass::<R, 1>(x, from, h, pre, s, post),
             }
             h <<= take;
             done += take;

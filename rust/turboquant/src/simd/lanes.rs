@@ -24,7 +24,6 @@ trait Row: Copy {
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     /// Per lane: `if self < than { yes } else { no }`.
-    fn select_lt(self, than: Self, yes: Self, no: Self) -> Self;
     /// `out[j][l] = rows[l·dim + j]` for the `m = rows.len()/dim ≤ LANES` rows, zero beyond.
     #[inline(always)]
     fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
@@ -42,14 +41,9 @@ trait Row: Copy {
     }
     /// `(code, centroid)` per lane of the scaled coordinates `y` for a codebook of at most 16
     /// entries with its [`CellTable`] (`centroids` padded to 16 entries; code = the number of
-    /// `boundaries` strictly below). The default looks up the cells lane by lane.
+    /// boundaries strictly below). The default looks up the cells lane by lane.
     #[inline(always)]
-    fn encode_small(
-        y: Self,
-        cells: &CellTable,
-        _boundaries: &[f32],
-        centroids: &[f32; 16],
-    ) -> ([u8; LANES], Self) {
+    fn encode_small(y: Self, cells: &CellTable, centroids: &[f32; 16]) -> ([u8; LANES], Self) {
         let mut ys = [0.0f32; LANES];
         y.store(&mut ys);
         let code = ys.map(|v| cells.encode(v));
@@ -81,20 +75,6 @@ fn portable_store_rows(block: &[Lanes], dim: usize, rows: &mut [f32]) {
     }
 }
 
-/// The compare-and-select sweep over sorted `boundaries`: `(code, centroid)` per lane.
-#[inline(always)]
-fn sweep<R: Row>(y: R, boundaries: &[f32], centroids: &[f32]) -> (R, R) {
-    let (one, zero) = (R::splat(1.0), R::splat(0.0));
-    let mut code = zero;
-    let mut val = R::splat(centroids[0]);
-    for (k, &t) in boundaries.iter().enumerate() {
-        let t = R::splat(t);
-        code = code.add(t.select_lt(y, one, zero));
-        val = t.select_lt(y, R::splat(centroids[k + 1]), val);
-    }
-    (code, val)
-}
-
 #[derive(Clone, Copy)]
 struct Portable(Lanes);
 
@@ -122,16 +102,6 @@ impl Row for Portable {
     #[inline(always)]
     fn mul(self, o: Self) -> Self {
         Portable(std::array::from_fn(|l| self.0[l] * o.0[l]))
-    }
-    #[inline(always)]
-    fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
-        Portable(std::array::from_fn(|l| {
-            if self.0[l] < than.0[l] {
-                yes.0[l]
-            } else {
-                no.0[l]
-            }
-        }))
     }
 }
 
@@ -186,29 +156,76 @@ mod x86 {
             unsafe { Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
         }
         #[inline(always)]
-        fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
-            // SAFETY: AVX is enabled in every caller.
-            unsafe {
-                let m0 = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, than.0);
-                let m1 = _mm256_cmp_ps::<_CMP_LT_OQ>(self.1, than.1);
-                Avx2(
-                    _mm256_blendv_ps(no.0, yes.0, m0),
-                    _mm256_blendv_ps(no.1, yes.1, m1),
+        fn encode_small(y: Self, cells: &CellTable, centroids: &[f32; 16]) -> ([u8; 16], Self) {
+            // The two lookups of `CellTable::encode`, 8 lanes at a time (see `encode8`).
+            // SAFETY: AVX2 and FMA are enabled in every caller.
+            let ((c0, v0), (c1, v1)) = unsafe {
+                (
+                    encode8(y.0, cells, centroids),
+                    encode8(y.1, cells, centroids),
                 )
+            };
+            let mut codes = [0i32; 16];
+            // SAFETY: `codes` is 16 writable i32; AVX is enabled in every caller.
+            unsafe {
+                _mm256_storeu_si256(codes.as_mut_ptr().cast(), c0);
+                _mm256_storeu_si256(codes.as_mut_ptr().add(8).cast(), c1);
             }
+            (codes.map(|c| c as u8), Avx2(v0, v1))
         }
-        #[inline(always)]
-        fn encode_small(
-            y: Self,
-            _cells: &CellTable,
-            boundaries: &[f32],
-            centroids: &[f32; 16],
-        ) -> ([u8; 16], Self) {
-            // AVX2 has no 32-entry permute: compare with every boundary instead.
-            let (code, val) = super::sweep(y, boundaries, &centroids[..=boundaries.len()]);
-            let mut f = [0.0f32; 16];
-            code.store(&mut f);
-            (f.map(|v| v as u8), val)
+    }
+
+    /// [`CellTable::encode`] and the centroid of 8 lanes, with the 32-entry cell tables and the
+    /// 16-entry centroid table read through 8-entry permutes merged by the index bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (only inlined into such functions).
+    #[inline(always)]
+    unsafe fn encode8(y: __m256, cells: &CellTable, centroids: &[f32; 16]) -> (__m256i, __m256) {
+        // SAFETY: AVX2 and FMA are enabled in every caller; the tables hold 32 (cells) and 16
+        // (centroids) entries, as `lookup` reads them.
+        unsafe {
+            let u = _mm256_fmadd_ps(
+                y,
+                _mm256_set1_ps(cells.inv_width),
+                _mm256_set1_ps(cells.offset),
+            );
+            let u = _mm256_min_ps(
+                _mm256_max_ps(u, _mm256_setzero_ps()),
+                _mm256_set1_ps((CELLS - 1) as f32),
+            );
+            let g = _mm256_cvttps_epi32(u);
+            let below = _mm256_castps_si256(lookup::<4>(cells.below.as_ptr().cast(), g));
+            let inside = lookup::<4>(cells.inside.as_ptr(), g);
+            // all ones (−1) where the cell's boundary lies below y
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(inside, y));
+            let code = _mm256_sub_epi32(below, up);
+            (code, lookup::<2>(centroids.as_ptr(), code))
+        }
+    }
+
+    /// `table[idx]` per lane for a table of `8 · P` f32 (`P` = 2 or 4, every `idx < 8 · P`):
+    /// one 8-entry permute per part, merged by index bit 3 (and bit 4).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `table` points to `8 · P` readable f32.
+    #[inline(always)]
+    unsafe fn lookup<const P: usize>(table: *const f32, idx: __m256i) -> __m256 {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            let p0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
+            let p1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table.add(8)), idx);
+            // blendv picks by the sign bit: move index bit 3 (then 4) there
+            let bit3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx));
+            let low = _mm256_blendv_ps(p0, p1, bit3);
+            if P == 2 {
+                return low;
+            }
+            let p2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table.add(16)), idx);
+            let p3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table.add(24)), idx);
+            let high = _mm256_blendv_ps(p2, p3, bit3);
+            let bit4 = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(idx));
+            _mm256_blendv_ps(low, high, bit4)
         }
     }
 
@@ -283,14 +300,6 @@ mod x86 {
         fn mul(self, o: Self) -> Self {
             // SAFETY: AVX-512F is enabled in every caller.
             unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
-        }
-        #[inline(always)]
-        fn select_lt(self, than: Self, yes: Self, no: Self) -> Self {
-            // SAFETY: AVX-512F is enabled in every caller.
-            unsafe {
-                let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, than.0);
-                Avx512(_mm512_mask_blend_ps(m, no.0, yes.0))
-            }
         }
         #[inline(always)]
         fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
@@ -369,12 +378,7 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn encode_small(
-            y: Self,
-            cells: &CellTable,
-            _boundaries: &[f32],
-            centroids: &[f32; 16],
-        ) -> ([u8; 16], Self) {
+        fn encode_small(y: Self, cells: &CellTable, centroids: &[f32; 16]) -> ([u8; 16], Self) {
             // The two lookups of `CellTable::encode` as 32-entry two-register permutes.
             // SAFETY: AVX-512F is enabled in every caller; the tables hold 16 or 32 entries
             // and the clamped cell index is in 0..32.
@@ -618,7 +622,7 @@ lane_kernel! {
             let xr = R::load(r);
             let y = xr.mul(inv);
             let (code, val) = match cells {
-                Some(cells) if k <= 16 => R::encode_small(y, cells, boundaries, &cent16),
+                Some(cells) if k <= 16 => R::encode_small(y, cells, &cent16),
                 _ => binary_search(y, boundaries, centroids),
             };
             if keep {

@@ -17,6 +17,13 @@ use std::borrow::Cow;
 
 /// Id reported for an empty result position (fewer than `k` vectors matched).
 pub const NO_ID: u64 = u64::MAX;
+/// Largest id accepted (ids fit in a signed 64-bit integer).
+pub const MAX_ID: u64 = i64::MAX as u64;
+/// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
+pub const RERANK_FACTOR: usize = 4;
+/// For `b ≤ 4` (without re-ranking) the `u8`-table scan keeps `REFINE_FACTOR · k` candidates, re-scored with
+/// the `f32` tables (recovers the table rounding; see `benches/RESULTS.md`).
+pub const REFINE_FACTOR: usize = 2;
 /// Values (rows × dim) quantized per step of an add: bounds the centred copy to 8 MiB.
 const ADD_CHUNK_VALUES: usize = 1 << 21;
 /// Searches of at most this many query × block pairs run on the calling thread.
@@ -32,13 +39,6 @@ enum Exec {
     /// Handed off to the pool.
     Pool,
 }
-/// Largest id accepted (ids fit in a signed 64-bit integer).
-pub const MAX_ID: u64 = i64::MAX as u64;
-/// With re-ranking on, the scan keeps `RERANK_FACTOR · k` candidates for the exact re-score.
-pub const RERANK_FACTOR: usize = 4;
-/// For `b ≤ 4` (without re-ranking) the `u8`-table scan keeps `REFINE_FACTOR · k` candidates, re-scored with
-/// the `f32` tables (recovers the table rounding; see `benches/RESULTS.md`).
-pub const REFINE_FACTOR: usize = 2;
 
 /// Similarity of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -450,13 +450,13 @@ impl Index {
             Exec::Pool
         };
         Ok(match exec {
-            Exec::Pool => parallel::install(|| self.search_in_pool(queries, nq, params, exec)),
-            _ => self.search_in_pool(queries, nq, params, exec),
+            Exec::Pool => parallel::install(|| self.run_search(queries, nq, params, exec)),
+            _ => self.run_search(queries, nq, params, exec),
         })
     }
 
     /// [`Index::search_with`] on validated input, run as `exec` says.
-    fn search_in_pool(
+    fn run_search(
         &self,
         queries: &[f32],
         nq: usize,

@@ -181,7 +181,9 @@ impl Rotation {
     pub fn apply_lanes_at(&self, level: SimdLevel, block: &mut Vec<Lanes>, spare: &mut Vec<Lanes>) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        spare.resize(d, [0.0; crate::simd::kernels::LANES]);
+        if d > p {
+            spare.resize(d, [0.0; crate::simd::kernels::LANES]);
+        }
         for r in 0..self.rounds {
             let signs = &self.signs[r * d..(r + 1) * d];
             lanes::fwht_lanes(level, &mut block[..p], None, self.scale, &signs[..p], &[]);
@@ -218,7 +220,9 @@ impl Rotation {
     ) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        spare.resize(d, [0.0; crate::simd::kernels::LANES]);
+        if d > p {
+            spare.resize(d, [0.0; crate::simd::kernels::LANES]);
+        }
         for r in (0..self.rounds).rev() {
             let signs = &self.signs[r * d..(r + 1) * d];
             if d > p {

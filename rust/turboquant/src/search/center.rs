@@ -19,6 +19,8 @@ use rayon::prelude::*;
 /// vectors (a smaller batch gives too noisy a mean); otherwise the index stays uncentred.
 pub const MIN_CENTER_ROWS: usize = 256;
 
+/// Values from which [`subtract_into`] runs in parallel.
+const PARALLEL_VALUES: usize = 1 << 16;
 /// Rows per partial sum of the automatic centre.
 const MEAN_CHUNK_ROWS: usize = 4096;
 
@@ -86,20 +88,25 @@ impl Center {
     }
 }
 
-/// `out ← x − c` row by row (in parallel on the crate's threads).
+/// `out ← x − c` row by row; in parallel on the crate's threads from [`PARALLEL_VALUES`]
+/// values (below that, a hand-off to the pool costs more than the subtraction: queries).
 pub fn subtract_into(x: &[f32], c: &[f32], out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
+    let rows = |o: &mut [f32], x: &[f32]| {
+        for (o, x) in o.chunks_exact_mut(c.len()).zip(x.chunks_exact(c.len())) {
+            for ((o, &v), &m) in o.iter_mut().zip(x).zip(c) {
+                *o = v - m;
+            }
+        }
+    };
+    if x.len() < PARALLEL_VALUES {
+        return rows(out, x);
+    }
     let chunk = c.len() * parallel::rows_per_task(x.len() / c.len());
     parallel::install(|| {
         out.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(c.len()).zip(x.chunks_exact(c.len())) {
-                    for ((o, &v), &m) in o.iter_mut().zip(x).zip(c) {
-                        *o = v - m;
-                    }
-                }
-            })
+            .for_each(|(o, x)| rows(o, x))
     });
 }
 

@@ -1,7 +1,8 @@
 """Walsh-Hadamard transform and the structured random rotation (seed API names).
 
-``RandomizedHadamardTransform`` is the quantizer's rotation: three rounds of random signs and
-Hadamard blocks, with a seeded permutation when ``dim`` is not a power of two. Unlike the
+``RandomizedHadamardTransform`` is the quantizer's rotation: two or three rounds of random signs
+and Hadamard blocks, with seeded permutations when ``dim`` is not a power of two (the layouts are
+defined in ``rust/turboquant/src/rotation.rs``). Unlike the
 seed's version it never pads: a ``dim``-vector stays ``dim`` coordinates (``padded_dim == dim``).
 """
 

@@ -3,7 +3,7 @@
 //! All integers little-endian. Every file ends with the CRC-32 of the bytes before it.
 //!
 //! ```text
-//! header    "TQRS" | kind u8 | version u8 (=1) | dim u32 | bits u8 | mode u8 (0 mse, 1 prod)
+//! header    "TQRS" | kind u8 | version u8 (=2) | dim u32 | bits u8 | mode u8 (0 mse, 1 prod)
 //!           | scale u8 (0 norm, 1 lsq, 2 proj) | seed u64                       (20 bytes)
 //! quantizer header(kind 1) | crc32
 //! batch     header(kind 2) | n u64 | codes encoding u8 (0 raw, 1 rANS)
@@ -12,6 +12,9 @@
 //!           | scales f32 × n | prod mode: signs n · ⌈d/8⌉ bytes | residual norms f32 × n
 //!           | crc32
 //! ```
+//! Version 2 changed the rotation for dimensions of the tiled layout ([`crate::rotation`]):
+//! version-1 files are refused rather than decoded with the wrong rotation.
+//!
 //! Loading checks the magic, kind, version, every parameter and every length against the
 //! file size before allocating, so a damaged or hostile file gives [`Error::Corrupt`].
 
@@ -23,7 +26,7 @@ use crate::quantizer::{BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode};
 
 const MAGIC: &[u8; 4] = b"TQRS";
 /// Format version written by this build.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// File kinds sharing the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

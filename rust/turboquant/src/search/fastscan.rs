@@ -1,9 +1,14 @@
 //! Fast-scan kernels: sums of `u8` lookup-table entries over one block of 32 vectors.
 //!
 //! [`block_sums`] returns, for each of the 32 vectors of a block, `Σ_g lut[g][code_g]` as an
-//! exact `u32`, for the [`Layout::Nibble`] and [`Layout::Pair`] layouts. The scalar reference
-//! is [`portable_sums`]; the SIMD versions compute the same integers:
+//! exact `i32`, for the [`Layout::Nibble`] and [`Layout::Pair`] layouts; for an int8 query
+//! ([`Layout::int8_query`], 4 bits) it returns `Σ_j q[j] · level[code_j]` instead. The scalar
+//! reference is [`portable_sums`]; the SIMD versions compute the same integers:
 //!
+//! - int8 query, AVX-512 VBMI + VNNI: per quad, two `vpermb` turn the 128 nibbles into levels
+//!   once for all queries of the pass, then one `vpdpbusd` per 64 codes and query multiplies
+//!   them by the query's 4 coordinates (a broadcast dword) and adds into each vector's lane;
+//!   AVX2: `pshufb` levels, `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`;
 //! - nibble, AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
 //!   in four in-register 16-entry tables, `vpdpbusd` adds each vector's four entries into a
 //!   `u32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
@@ -20,7 +25,7 @@
 //! (`even = raw − (odd << 8)` modulo 2^16) as long as each stays below 2^16. Flushing to `u32`
 //! every [`CHUNK`] steps (≤ 256 entries of ≤ 255 per lane) guarantees that.
 
-use super::layout::{stream_bits, Layout, BLOCK};
+use super::layout::{stream_bits, Layout, BLOCK, LEVEL_TABLE};
 use crate::simd::{multiversion, SimdLevel};
 
 /// Steps accumulated in `u16` before flushing to `u32` (each adds at most 255 per lane).
@@ -28,15 +33,25 @@ const CHUNK: usize = 256;
 
 multiversion! {
     /// Scalar reference: `out[v] = Σ_g lut[g][code(v, g)]` for a nibble or pair block.
-    pub fn portable_sums(layout: &Layout, block: &[u8], lut: &[u8], out: &mut [u32; BLOCK]) {
+    pub fn portable_sums(layout: &Layout, block: &[u8], lut: &[u8], out: &mut [i32; BLOCK]) {
         *out = [0; BLOCK];
         match *layout {
+            Layout::Nibble { groups, .. } if layout.int8_query() => {
+                let (levels, query) = lut.split_at(LEVEL_TABLE);
+                for (c, codes) in block.chunks_exact(64).enumerate().take(groups / 4) {
+                    for (p, &b) in codes.iter().enumerate() {
+                        let q = query[4 * c + p % 4] as i8 as i32;
+                        out[p / 4] += levels[(b & 15) as usize] as i32 * q;
+                        out[16 + p / 4] += levels[(b >> 4) as usize] as i32 * q;
+                    }
+                }
+            }
             Layout::Nibble { groups, .. } => {
                 for (codes, tables) in block.chunks_exact(64).zip(lut.chunks_exact(64)).take(groups / 4) {
                     for (p, &c) in codes.iter().enumerate() {
                         let t = &tables[16 * (p % 4)..16 * (p % 4) + 16];
-                        out[p / 4] += t[(c & 15) as usize] as u32;
-                        out[16 + p / 4] += t[(c >> 4) as usize] as u32;
+                        out[p / 4] += t[(c & 15) as usize] as i32;
+                        out[16 + p / 4] += t[(c >> 4) as usize] as i32;
                     }
                 }
             }
@@ -44,7 +59,7 @@ multiversion! {
                 for (step, tables) in block.chunks_exact(48).zip(lut.chunks_exact(128)).take(groups / 2) {
                     for p in 0..64 {
                         let code = stream_bits(step, 6 * p, 6);
-                        out[p % 32] += tables[64 * (p / 32) + code] as u32;
+                        out[p % 32] += tables[64 * (p / 32) + code] as i32;
                     }
                 }
             }
@@ -59,27 +74,45 @@ pub fn block_sums(
     layout: &Layout,
     block: &[u8],
     lut: &[u8],
-    out: &mut [u32; BLOCK],
+    out: &mut [i32; BLOCK],
 ) {
     block_sums_multi(level, layout, block, &[lut], std::slice::from_mut(out));
 }
 
 /// Largest number of queries [`block_sums_multi`] scores per pass over a block.
-pub const MULTI: usize = 4;
+pub const MULTI: usize = 8;
+
+/// Queries per pass that suit `layout`'s kernel: 8 for int8 queries (two accumulators per
+/// query), 4 for lookup tables (each query also holds its tables in registers).
+pub fn queries_per_pass(layout: &Layout) -> usize {
+    if layout.int8_query() {
+        MULTI
+    } else {
+        4
+    }
+}
 
 /// [`block_sums`] for up to [`MULTI`] queries at once (`luts.len() == out.len()`): with the
-/// AVX-512 VBMI kernels the block's codes are decoded once for all of them.
+/// AVX-512 VBMI kernels the block's codes are decoded once for all of them. Int8 queries of
+/// one pass must share their level table (they do: it depends on the codebook only).
 pub fn block_sums_multi(
     level: SimdLevel,
     layout: &Layout,
     block: &[u8],
     luts: &[&[u8]],
-    out: &mut [[u32; BLOCK]],
+    out: &mut [[i32; BLOCK]],
 ) {
     assert!(
         luts.len() == out.len() && luts.len() <= MULTI,
         "one output row per table"
     );
+    let per = queries_per_pass(layout);
+    if luts.len() > per {
+        for (l, o) in luts.chunks(per).zip(out.chunks_mut(per)) {
+            block_sums_multi(level, layout, block, l, o);
+        }
+        return;
+    }
     let block = &block[..layout.block_bytes()];
     let n = layout.lut_bytes();
     #[cfg(target_arch = "x86_64")]
@@ -96,9 +129,29 @@ pub fn block_sums_multi(
                 }
             };
         }
+        /// `by_count` for up to [`MULTI`] queries (the int8-query kernel).
+        macro_rules! by_count8 {
+            ($kernel:ident, $groups:expr) => {
+                match luts {
+                    [_] => by_count!($kernel, $groups, [, 4]),
+                    [_, _] => by_count!($kernel, $groups, [, 2]),
+                    [_, _, _] | [_, _, _, _] => by_count!($kernel, $groups, [, 1]),
+                    [a, b, c, d, e] => x86::$kernel::<5, 1>(block, [a, b, c, d, e].map(|t| &t[..n]), $groups, out),
+                    [a, b, c, d, e, f] => x86::$kernel::<6, 1>(block, [a, b, c, d, e, f].map(|t| &t[..n]), $groups, out),
+                    [a, b, c, d, e, f, g] => x86::$kernel::<7, 1>(block, [a, b, c, d, e, f, g].map(|t| &t[..n]), $groups, out),
+                    [a, b, c, d, e, f, g, h] => x86::$kernel::<8, 1>(block, [a, b, c, d, e, f, g, h].map(|t| &t[..n]), $groups, out),
+                    _ => {}
+                }
+            };
+        }
         match *layout {
             // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
             // sliced to the layout's sizes and `out` has one row per table.
+            Layout::Nibble { groups, .. } if layout.int8_query() => unsafe {
+                by_count8!(int8_vnni, groups);
+                return;
+            },
+            // SAFETY: as above.
             Layout::Nibble { groups, .. } => unsafe {
                 match luts.len() {
                     1 => by_count!(nibble_vnni, groups, [, 4]),
@@ -126,12 +179,16 @@ fn fallback_sums(
     layout: &Layout,
     block: &[u8],
     lut: &[u8],
-    out: &mut [u32; BLOCK],
+    out: &mut [i32; BLOCK],
 ) {
     #[cfg(target_arch = "x86_64")]
     if level.supported() >= SimdLevel::Avx2 {
         match *layout {
             // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
+            Layout::Nibble { groups, .. } if layout.int8_query() => {
+                return unsafe { x86::int8_avx2(block, lut, groups, out) }
+            }
+            // SAFETY: as above.
             Layout::Nibble { groups, .. } => {
                 return unsafe { x86::nibble_avx2(block, lut, groups, out) }
             }
@@ -145,7 +202,7 @@ fn fallback_sums(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, CHUNK};
+    use super::{BLOCK, CHUNK, LEVEL_TABLE};
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -158,17 +215,17 @@ mod x86 {
         })
     }
 
-    /// Adds 16 vector sums to `out[..16]`: `even`/`odd` hold, as 8 `u32` each, the sums of
+    /// Adds 16 vector sums to `out[..16]`: `even`/`odd` hold, as 8 `i32` each, the sums of
     /// vectors `0, 2, …, 14` and `1, 3, …, 15`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn store16(even: __m256i, odd: __m256i, out: &mut [u32]) {
+    fn store16(even: __m256i, odd: __m256i, out: &mut [i32]) {
         let lo = _mm256_unpacklo_epi32(even, odd); // 0 1 2 3 | 8 9 10 11
         let hi = _mm256_unpackhi_epi32(even, odd); // 4 5 6 7 | 12 13 14 15
         let a = _mm256_permute2x128_si256(lo, hi, 0x20);
         let b = _mm256_permute2x128_si256(lo, hi, 0x31);
         let dst = &mut out[..16];
-        // SAFETY: `dst` is 16 `u32` = two 32-byte vectors, read and written in bounds.
+        // SAFETY: `dst` is 16 `i32` = two 32-byte vectors, read and written in bounds.
         unsafe {
             let p = dst.as_mut_ptr().cast::<__m256i>();
             _mm256_storeu_si256(p, _mm256_add_epi32(_mm256_loadu_si256(p), a));
@@ -190,7 +247,7 @@ mod x86 {
         block: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
-        out: &mut [[u32; BLOCK]],
+        out: &mut [[i32; BLOCK]],
     ) {
         let mask = _mm512_set1_epi8(0x0F);
         let sel = _mm512_set1_epi32(0x3020_1000);
@@ -226,7 +283,7 @@ mod x86 {
                 l = _mm512_add_epi32(l, lo[q][a]);
                 h = _mm512_add_epi32(h, hi[q][a]);
             }
-            // SAFETY: `row` is 32 `u32` = two 64-byte vectors.
+            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
             unsafe {
                 _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
                 _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
@@ -243,7 +300,7 @@ mod x86 {
     /// The CPU must support AVX2; `block` and `lut` hold `16 · groups` bytes, `groups` a
     /// multiple of 4.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn nibble_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
+    pub unsafe fn nibble_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
         let mask = _mm256_set1_epi8(0x0F);
         let ones8 = _mm256_set1_epi8(1);
         let ones16 = _mm256_set1_epi16(1);
@@ -281,7 +338,117 @@ mod x86 {
             }
         }
         for (i, a) in acc.into_iter().enumerate() {
-            // SAFETY: `out` has 32 `u32`; chunk `i` is `out[8 i .. 8 i + 8]`.
+            // SAFETY: `out` has 32 `i32`; chunk `i` is `out[8 i .. 8 i + 8]`.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
+        }
+    }
+
+    /// AVX-512 VBMI + VNNI int8-query kernel for `Q` queries at once: per quad (4 coordinates
+    /// × 32 vectors, 64 bytes) two `vpermb` map the low and high nibbles to their levels (the
+    /// 64-byte level table repeats the 16 levels, so index bits 4 and 5 do not matter and the
+    /// high nibbles need only a shift), then per query one `vpdpbusd` per half multiplies each
+    /// vector's 4 levels by the query's 4 `i8` (a broadcast dword) and adds them into the
+    /// vector's `i32` lane. `ACC` independent accumulators per query hide the latency when
+    /// few queries share a pass.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VBMI/VNNI; `block` holds `16 · groups` bytes, every
+    /// `luts[q]` `LEVEL_TABLE + groups`, `groups` is a multiple of 4 and `out` has `Q` rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    pub unsafe fn int8_vnni<const Q: usize, const ACC: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[i32; BLOCK]],
+    ) {
+        // SAFETY: every table opens with its `LEVEL_TABLE` = 64 level bytes; all queries
+        // share the same levels (one codebook).
+        let levels = unsafe { _mm512_loadu_si512(luts[0].as_ptr().cast()) };
+        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+        let mut hi = lo;
+        let mut step = |c: usize, a: usize| {
+            // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's contract).
+            let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
+            let vl = _mm512_permutexvar_epi8(x, levels);
+            let vh = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(x), levels);
+            for q in 0..Q {
+                // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's contract).
+                let w = unsafe {
+                    _mm512_set1_epi32(
+                        luts[q]
+                            .as_ptr()
+                            .add(LEVEL_TABLE + 4 * c)
+                            .cast::<i32>()
+                            .read_unaligned(),
+                    )
+                };
+                lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], vl, w);
+                hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], vh, w);
+            }
+        };
+        let quads = groups / 4;
+        let full = quads / ACC * ACC;
+        for c0 in (0..full).step_by(ACC) {
+            for a in 0..ACC {
+                step(c0 + a, a);
+            }
+        }
+        for c in full..quads {
+            step(c, 0);
+        }
+        for (q, row) in out.iter_mut().enumerate().take(Q) {
+            let (mut l, mut h) = (lo[q][0], hi[q][0]);
+            for a in 1..ACC {
+                l = _mm512_add_epi32(l, lo[q][a]);
+                h = _mm512_add_epi32(h, hi[q][a]);
+            }
+            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
+            unsafe {
+                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
+                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
+            }
+        }
+    }
+
+    /// AVX2 int8-query kernel: half a quad (8 vectors' bytes) per register; `pshufb` maps
+    /// nibbles to levels, `pmaddubsw` multiplies them by the query's `i8` (levels ≤ 127, so
+    /// a pair of products cannot saturate the `i16`) and `pmaddwd` adds each vector's 4.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `block` holds `16 · groups` bytes, `lut`
+    /// `LEVEL_TABLE + groups`, `groups` a multiple of 4.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn int8_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones16 = _mm256_set1_epi16(1);
+        // SAFETY: the table opens with 64 level bytes; the first 16 are the levels.
+        let levels = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lut.as_ptr().cast()) });
+        let z = _mm256_setzero_si256();
+        let mut acc = [z; 4]; // vectors 0..8, 8..16 (low nibbles), 16..24, 24..32 (high)
+        for c in 0..groups / 4 {
+            // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ lut.len()` (caller's contract).
+            let w = _mm256_set1_epi32(unsafe {
+                lut.as_ptr()
+                    .add(LEVEL_TABLE + 4 * c)
+                    .cast::<i32>()
+                    .read_unaligned()
+            });
+            for h in 0..2 {
+                // SAFETY: `64 c + 32 h + 32 ≤ 16 · groups` (caller's contract).
+                let x = unsafe { _mm256_loadu_si256(block.as_ptr().add(64 * c + 32 * h).cast()) };
+                let nibbles = [
+                    _mm256_and_si256(x, mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
+                ];
+                for (n, idx) in nibbles.into_iter().enumerate() {
+                    let v = _mm256_shuffle_epi8(levels, idx);
+                    let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(v, w), ones16);
+                    acc[2 * n + h] = _mm256_add_epi32(acc[2 * n + h], sum);
+                }
+            }
+        }
+        for (i, a) in acc.into_iter().enumerate() {
+            // SAFETY: `out` has 32 `i32`; chunk `i` is `out[8 i .. 8 i + 8]`.
             unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
         }
     }
@@ -295,7 +462,7 @@ mod x86 {
     /// The CPU must support AVX2; `block` holds `24 · groups` bytes, `lut` `64 · groups`, and
     /// `groups` is even.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn pair_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [u32; BLOCK]) {
+    pub unsafe fn pair_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
         *out = [0; BLOCK];
         // Dword i of lane 0 takes bytes 3i..3i+3 of the group's 24 bytes; lane 1 is loaded from
         // byte 8 and takes bytes 4 + 3i.. (bytes 12 + 3i of the group).
@@ -376,7 +543,7 @@ mod x86 {
         block: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
-        out: &mut [[u32; BLOCK]],
+        out: &mut [[i32; BLOCK]],
     ) {
         for row in out.iter_mut() {
             *row = [0; BLOCK];
@@ -458,6 +625,7 @@ mod tests {
             (70, 3),
             (4200, 4),
             (2100, 3),
+            (8, 4),
         ] {
             let layout = Layout::new(dim, bits);
             let mut seed = 0x9E37_79B9u64;
@@ -468,23 +636,37 @@ mod tests {
                 seed
             };
             let block: Vec<u8> = (0..layout.block_bytes()).map(|_| next() as u8).collect();
-            let lut: Vec<u8> = (0..layout.lut_bytes())
+            let mut lut: Vec<u8> = (0..layout.lut_bytes())
                 .map(|_| next() as u8 | 0xF0)
                 .collect();
-            let mut want = [0u32; BLOCK];
+            let mut other: Vec<u8> = lut.iter().map(|&v| v.wrapping_mul(7)).collect();
+            if layout.int8_query() {
+                // levels 0..=127 shared by all queries, then any i8 query (extremes included)
+                let levels: Vec<u8> = (0..16).map(|_| next() as u8 & 0x7F).collect();
+                for t in [&mut lut, &mut other] {
+                    for (i, l) in t[..LEVEL_TABLE].iter_mut().enumerate() {
+                        *l = levels[i % 16];
+                    }
+                    t[LEVEL_TABLE] = 0x80; // -128 never occurs in a query but must not overflow
+                    t[LEVEL_TABLE + 1] = 0x7F;
+                }
+                for v in &mut other[LEVEL_TABLE..] {
+                    *v = next() as u8;
+                }
+            }
+            let mut want = [0i32; BLOCK];
             portable_sums(SimdLevel::Scalar, &layout, &block, &lut, &mut want);
-            let other: Vec<u8> = lut.iter().map(|&v| v.wrapping_mul(7)).collect();
-            let mut want_other = [0u32; BLOCK];
+            let mut want_other = [0i32; BLOCK];
             portable_sums(SimdLevel::Scalar, &layout, &block, &other, &mut want_other);
             for level in SimdLevel::available() {
-                let mut got = [0u32; BLOCK];
+                let mut got = [0i32; BLOCK];
                 block_sums(level, &layout, &block, &lut, &mut got);
                 assert_eq!(got, want, "{level:?} dim {dim} bits {bits}");
                 for q in 1..=MULTI {
                     let luts: Vec<&[u8]> = (0..q)
                         .map(|i| if i % 2 == 0 { &lut[..] } else { &other[..] })
                         .collect();
-                    let mut rows = vec![[0u32; BLOCK]; q];
+                    let mut rows = vec![[0i32; BLOCK]; q];
                     block_sums_multi(level, &layout, &block, &luts, &mut rows);
                     for (i, row) in rows.iter().enumerate() {
                         assert_eq!(

@@ -9,7 +9,13 @@
 //!   multiple of 4): groups `4c .. 4c + 4` form quad `c`, 64 bytes at `[64c, 64c + 64)`; byte
 //!   `4i + j` (`i < 16`, `j < 4`) holds vector `i`'s code of group `4c + j` in its low nibble
 //!   and vector `16 + i`'s in its high nibble. So a 32-bit lane holds one vector's 4 groups
-//!   (summed by one `vpdpbusd`). Lookup table: 16 `u8` per group at `[16g, 16g + 16)`.
+//!   (summed by one `vpdpbusd`). Query tables ([`QueryTables::lut`]): at 1 and 2 bits, 16 `u8`
+//!   per group at `[16g, 16g + 16)`; at 4 bits (one coordinate per group) the *int8 query*:
+//!   64 bytes of centroid levels (the 16 levels `0..=127`, repeated 4 times, so that a lookup
+//!   may ignore index bits 4 and 5), then one `i8` per coordinate (the quantized rotated query,
+//!   zero on padding). Scoring multiplies each code's level by the query's `i8`: one
+//!   multiply-add per code and query instead of a lookup and an add, the code decoding shared
+//!   by every query of a pass.
 //! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 2):
 //!   groups `2s, 2s + 1` form step `s`, 48 bytes at `[48s, 48s + 48)`: a bit stream of 64 6-bit
 //!   codes, LSB first, where position `p` holds vector `p mod 32`'s code of group `2s + p / 32`.
@@ -24,6 +30,14 @@ use crate::simd::{multiversion, SimdLevel};
 
 /// Vectors per block.
 pub const BLOCK: usize = 32;
+
+/// Bytes of the centroid-level table that opens an int8 query ([`Layout::int8_query`]).
+pub const LEVEL_TABLE: usize = 64;
+/// Largest centroid level of an int8 query: 7 bits, so that two level × query products
+/// (`≤ 2 · 127 · 127`) fit the `i16` of AVX2's `pmaddubsw` without saturating.
+const MAX_LEVEL: f32 = 127.0;
+/// Largest magnitude of an int8 query coordinate.
+const MAX_QUERY: f32 = 127.0;
 
 /// How codes are laid out inside a block (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +132,19 @@ impl Layout {
         }
     }
 
-    /// Bytes of one query's `u8` lookup table (0 for rows).
+    /// Whether queries are scored as an int8 query against centroid levels (4-bit nibbles)
+    /// rather than through per-group lookup tables.
+    pub fn int8_query(&self) -> bool {
+        matches!(self, Layout::Nibble { bits: 4, .. })
+    }
+
+    /// Bytes of one query's [`QueryTables::lut`] (0 for rows).
     pub fn lut_bytes(&self) -> usize {
-        self.groups() << self.group_bits()
+        if self.int8_query() {
+            LEVEL_TABLE + self.groups()
+        } else {
+            self.groups() << self.group_bits()
+        }
     }
 
     /// Writes vector `v`'s canonical packed `row` into a zeroed slot of `block`.
@@ -165,20 +189,23 @@ impl Layout {
     }
 }
 
-/// One query's tables. For a group layout, the `f32` group table `table[g][t]` (the sum of
-/// `rq[j] · centroids[code_j]` over the group's coordinates `j` for group code `t`) is
-/// quantized to `u8`: `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
-/// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`. The rotated
-/// query `rq` is kept for exact scores ([`QueryTables::exact_score`]); the `f32` tables are not.
+/// One query's tables. For a lookup-table group layout, the `f32` group table `table[g][t]`
+/// (the sum of `rq[j] · centroids[code_j]` over the group's coordinates `j` for group code `t`)
+/// is quantized to `u8`: `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
+/// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`. For an int8
+/// query ([`Layout::int8_query`]) `centroids[c] ≈ lo + step · level[c]` and
+/// `rq[j] ≈ s · q[j]`, so that `Σ_j rq[j] · centroids[c_j] ≈ delta · Σ_j q[j] · level[c_j]
+/// + base` with `delta = s · step`, `base = s · lo · Σ_j q[j]`. The rotated query `rq` is
+/// kept for exact scores ([`QueryTables::exact_score`]); the `f32` tables are not.
 #[derive(Debug, Clone, Default)]
 pub struct QueryTables {
     /// The rotated query.
     pub rq: Vec<f32>,
-    /// The quantized table (empty for rows).
+    /// The quantized tables or the int8 query (empty for rows; see the module doc).
     pub lut: Vec<u8>,
-    /// Step of the quantized table.
+    /// Step of a unit of the integer sums.
     pub delta: f32,
-    /// Sum of the per-group minima.
+    /// Offset of the integer sums.
     pub base: f32,
 }
 
@@ -197,6 +224,9 @@ impl QueryTables {
                 rq,
                 ..QueryTables::default()
             };
+        }
+        if layout.int8_query() {
+            return int8_query(layout, rq, centroids);
         }
         let size = 1usize << w;
         let float = group_tables(layout, &rq, centroids, bits);
@@ -252,6 +282,33 @@ impl QueryTables {
                 .collect(),
             _ => group_tables(layout, &self.rq, centroids, bits),
         }
+    }
+}
+
+/// The int8 query of `rq` (see [`QueryTables`] and the module doc).
+fn int8_query(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables {
+    let lo = centroids[0];
+    let hi = centroids[centroids.len() - 1];
+    let step = if hi > lo { (hi - lo) / MAX_LEVEL } else { 1.0 };
+    let mut lut = vec![0u8; layout.lut_bytes()];
+    let (levels, query) = lut.split_at_mut(LEVEL_TABLE);
+    for (i, l) in levels.iter_mut().enumerate() {
+        let c = centroids.get(i % 16).copied().unwrap_or(lo);
+        *l = ((c - lo) / step).round().clamp(0.0, MAX_LEVEL) as u8;
+    }
+    let peak = rq.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let s = if peak > 0.0 { peak / MAX_QUERY } else { 1.0 };
+    let mut total = 0i64;
+    for (q, &v) in query.iter_mut().zip(&rq) {
+        let i = (v / s).round().clamp(-MAX_QUERY, MAX_QUERY) as i8;
+        total += i as i64;
+        *q = i as u8;
+    }
+    QueryTables {
+        delta: s * step,
+        base: s * lo * total as f32,
+        rq,
+        lut,
     }
 }
 

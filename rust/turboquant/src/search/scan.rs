@@ -1,6 +1,6 @@
 //! The exhaustive scan: every allowed slot of a range of blocks, for a range of queries.
 
-use super::fastscan::{block_sums_multi, MULTI};
+use super::fastscan::{block_sums_multi, queries_per_pass, MULTI};
 use super::filter::block_bits;
 use super::index::Index;
 use super::layout::{Layout, QueryTables, BLOCK};
@@ -47,10 +47,11 @@ impl Scan<'_> {
         let mut tops: Vec<TopK> = tables.iter().map(|_| TopK::new(self.keep)).collect();
         let mut keys = [0.0f32; BLOCK];
         if self.index.layout.group_bits() > 0 && !self.float_tables {
-            let mut sums = [[0u32; BLOCK]; MULTI];
+            let mut sums = [[0i32; BLOCK]; MULTI];
+            let per = queries_per_pass(&self.index.layout);
             for t0 in blocks.clone().step_by(TILE_BLOCKS) {
                 let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
-                for (group, tops) in tables.chunks(MULTI).zip(tops.chunks_mut(MULTI)) {
+                for (group, tops) in tables.chunks(per).zip(tops.chunks_mut(per)) {
                     let luts: Vec<&[u8]> = group.iter().map(|t| &t.lut[..]).collect();
                     for view in tile.clone().filter_map(|b| self.block(b)) {
                         let sums = &mut sums[..group.len()];

@@ -38,7 +38,7 @@ fn keys_mask(
 multiversion! {
     /// Portable [`keys_from_sums`].
     pub fn keys_from_sums_portable(
-        sums: &[u32; BLOCK],
+        sums: &[i32; BLOCK],
         delta: f32,
         base: f32,
         scales: &[f32],
@@ -54,12 +54,12 @@ multiversion! {
     }
 }
 
-/// [`keys_from_estimates`] for `u8`-table sums: `est = delta · sums + base` (bit-exact at
+/// [`keys_from_estimates`] for integer sums: `est = delta · sums + base` (bit-exact at
 /// every level: the same float operations in the same order).
 #[allow(clippy::too_many_arguments)]
 pub fn keys_from_sums(
     level: SimdLevel,
-    sums: &[u32; BLOCK],
+    sums: &[i32; BLOCK],
     delta: f32,
     base: f32,
     scales: &[f32],
@@ -85,7 +85,7 @@ pub fn keys_from_sums(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn keys_avx512(
-    sums: &[u32; BLOCK],
+    sums: &[i32; BLOCK],
     delta: f32,
     base: f32,
     scales: &[f32],
@@ -103,7 +103,7 @@ unsafe fn keys_avx512(
     for h in 0..2 {
         // SAFETY: `16 h + 16 ≤ BLOCK` for every buffer read or written (caller's contract).
         unsafe {
-            let s = _mm512_cvtepu32_ps(_mm512_loadu_si512(sums.as_ptr().add(16 * h).cast()));
+            let s = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums.as_ptr().add(16 * h).cast()));
             let est = _mm512_add_ps(_mm512_mul_ps(d, s), b);
             let sc = _mm512_loadu_ps(scales.as_ptr().add(16 * h));
             let key = if biases.is_empty() {

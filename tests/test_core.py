@@ -134,6 +134,14 @@ def test_torch_in_torch_out(rng: np.random.Generator) -> None:
         (lambda: tq.TurboQuant(64, 3).quantize(np.zeros((2, 64), dtype=np.int32)), TypeError, "float"),
         (lambda: tq.TurboQuant(64, 3).quantize(np.array([["a"] * 64])), TypeError, "float"),
         (lambda: tq.TurboQuant.load_output(b"garbage bytes"), ValueError, "corrupt"),
+        # out-of-range ints reach the native layer as ValueError naming the argument, not
+        # PyO3's anonymous OverflowError
+        (lambda: tq.get_codebook(300, 128), ValueError, "bit_width"),
+        (lambda: tq.get_codebook(4, -1), ValueError, "dim"),
+        (lambda: tq.LloydMaxCodebook(128, 9), ValueError, "bit_width"),
+        (lambda: tq.TurboQuantIndex(384, 300), ValueError, "bit_width"),
+        (lambda: tq.TurboQuantIndex(-1, 4), ValueError, "dim"),
+        (lambda: tq.TurboQuantIndex(384, 4, seed=-1), ValueError, "seed"),
     ],
 )
 def test_bad_input_raises_clear_errors(make, exc, words: str) -> None:  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     if is_torch(x):
         if x.device.type != "cpu":
             raise ValueError(
-                f"{name} is on {x.device}; the CPU engine takes CPU tensors (use turboquant_rs.cuda for GPU)"
+                f"{name} is on {x.device}; the CPU engine takes CPU tensors (move it with .cpu())"
             )
         x = x.detach()
         if not x.is_floating_point():

@@ -3,6 +3,7 @@
 //! The class is `frozen` and `Sync`: the index sits behind a `RwLock`, searches take the read
 //! lock (many at once, GIL released), `add`/`remove` the write lock.
 
+use crate::args::{Bits, Dim, Seed};
 use crate::arrays::{slice1, slice2, to_array1, to_array2};
 use crate::errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
@@ -48,15 +49,16 @@ fn from_ids(ids: Vec<u64>) -> Vec<i64> {
 impl PyIndex {
     /// `Index(dim, bits=4, metric="ip", seed=0, rerank=False, center=True)`.
     #[new]
-    #[pyo3(signature = (dim, bits=4, metric="ip", seed=0, rerank=false, center=true))]
+    #[pyo3(signature = (dim, bits=Bits(4), metric="ip", seed=Seed(0), rerank=false, center=true))]
     fn new(
-        dim: usize,
-        bits: u8,
+        dim: Dim,
+        bits: Bits,
         metric: &str,
-        seed: u64,
+        seed: Seed,
         rerank: bool,
         center: bool,
     ) -> PyResult<Self> {
+        let (Dim(dim), Bits(bits), Seed(seed)) = (dim, bits, seed);
         let metric = Metric::parse(metric).py_err()?;
         let inner = Index::new(
             dim,

@@ -5,11 +5,13 @@
 //! enum to `ValueError`/`OSError`. No panics cross this boundary: every fallible call
 //! returns a `Result`.
 
+mod args;
 mod arrays;
 mod errors;
 mod index;
 mod quantizer;
 
+use args::{Bits, Dim};
 use arrays::{slice2, to_array1, to_array2};
 use errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -25,7 +27,8 @@ type PyCodebook<'py> = (
 
 /// Lloyd-Max codebook for (dim, bits): (centroids, boundaries, probabilities, distortion).
 #[pyfunction]
-fn codebook(py: Python<'_>, dim: usize, bits: u8) -> PyResult<PyCodebook<'_>> {
+fn codebook(py: Python<'_>, dim: Dim, bits: Bits) -> PyResult<PyCodebook<'_>> {
+    let (Dim(dim), Bits(bits)) = (dim, bits);
     let cb = py
         .detach(|| turboquant::codebook::get(dim, bits))
         .py_err()?;
@@ -42,8 +45,9 @@ fn codebook(py: Python<'_>, dim: usize, bits: u8) -> PyResult<PyCodebook<'_>> {
 fn pack<'py>(
     py: Python<'py>,
     codes: PyReadonlyArray2<'py, u8>,
-    bits: u8,
+    bits: Bits,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let Bits(bits) = bits;
     let dim = codes.shape()[1];
     let data = slice2(&codes, "codes")?;
     let packed = py
@@ -58,9 +62,10 @@ fn pack<'py>(
 fn unpack<'py>(
     py: Python<'py>,
     packed: PyReadonlyArray2<'py, u8>,
-    dim: usize,
-    bits: u8,
+    dim: Dim,
+    bits: Bits,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let (Dim(dim), Bits(bits)) = (dim, bits);
     let rows = packed.shape()[0];
     let data = slice2(&packed, "packed")?;
     let codes = py

@@ -1,5 +1,6 @@
 //! `Quantizer`: the core quantizer, taking and returning numpy buffers.
 
+use crate::args::{Bits, Dim, Seed};
 use crate::arrays::{contiguous, filled_array2, slice1, slice2, to_array1, to_array2};
 use crate::errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
@@ -46,8 +47,9 @@ impl Buffers<'_> {
 impl PyQuantizer {
     /// `Quantizer(dim, bits, unbiased=False, scale="lsq", seed=0)`.
     #[new]
-    #[pyo3(signature = (dim, bits, unbiased=false, scale="lsq", seed=0))]
-    fn new(dim: usize, bits: u8, unbiased: bool, scale: &str, seed: u64) -> PyResult<Self> {
+    #[pyo3(signature = (dim, bits, unbiased=false, scale="lsq", seed=Seed(0)))]
+    fn new(dim: Dim, bits: Bits, unbiased: bool, scale: &str, seed: Seed) -> PyResult<Self> {
+        let (Dim(dim), Bits(bits), Seed(seed)) = (dim, bits, seed);
         let mode = if unbiased { Mode::Prod } else { Mode::Mse };
         let inner =
             Quantizer::new(dim, bits, mode, ScaleMode::parse(scale).py_err()?, seed).py_err()?;

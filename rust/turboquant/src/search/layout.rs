@@ -253,6 +253,21 @@ impl QueryTables {
         let w = layout.group_bits();
         let dot = |g: usize, code: usize| group_dot(&self.rq, centroids, bits, w, g, code);
         match *layout {
+            // 4 bits: vector v's codes of quad c are the nibbles of the little-endian u32 at
+            // byte 64·c + 4·(v mod 16), low or high half of each byte by v / 16; four
+            // independent sums (a single running sum is a chain of dependent adds)
+            Layout::Nibble { .. } if layout.int8_query() => {
+                let (at, shift) = (4 * (v % 16), 4 * (v / 16));
+                let mut acc = [0.0f32; 4];
+                for (c, rq) in self.rq.chunks(4).enumerate() {
+                    let b = &block[64 * c + at..64 * c + at + 4];
+                    let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> shift;
+                    for (u, &r) in rq.iter().enumerate() {
+                        acc[u] += r * centroids[((w >> (8 * u)) & 15) as usize];
+                    }
+                }
+                (acc[0] + acc[1]) + (acc[2] + acc[3])
+            }
             // the nibble of group g is in byte 64·(g/4) + 4·(v mod 16) + g mod 4
             Layout::Nibble { groups, .. } => {
                 let (at, shift) = (4 * (v % 16), 4 * (v / 16));

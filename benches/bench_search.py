@@ -373,18 +373,22 @@ NOTES = """
   median over 200 single-row searches (50 for SQ4, 20 for IndexPQ, 5 for turboquant-torch). Build
   is train + add. Absolute numbers move with the machine's load (2 cores shared with other work):
   compare rows of one run only.
-- turboquant-rs scans every live code (exhaustive): for b ≤ 4 with `u8` lookup tables, then the best
-  2·k are re-scored from their codes with the `f32` tables, which reproduces the top-10 of a full
-  `f32`-table scan (agreement 1.0000 on wiki-MiniLM at 2 and 4 bits, held ≥ 0.99 by
+- turboquant-rs scans every live code (exhaustive): at 4 bits as an int8 query against 7-bit
+  centroid levels (one `vpdpbusd` per 64 codes and query, the nibble decoding shared by 8
+  queries), at 1-3 bits through `u8` lookup tables; then the best 2·k are re-scored from their
+  codes in `f32`, which reproduces the top-10 of a full `f32` scan (agreement held ≥ 0.99 by
   `rust/turboquant/tests/search.rs`). The stored scale is `proj` (length correction): it measured
   recall@10 0.9524 / 0.8321 (4 / 2 bits) against 0.9513 / 0.8244 for the least-squares scale.
 - Centring (default): the index quantizes `x − c` with `c` the mean of the first batch added, and
   adds `⟨q, c⟩ + ⟨c, x − c⟩` exactly (one f32 per vector); the "no centring" rows turn it off.
 - turbovec's default search is staged (a coarse pass, then re-scoring a shortlist): that is where its
   4-bit speed comes from and why its 4-bit recall on Gaussian data falls to 0.68 while an exhaustive
-  4-bit scan gets 0.84. At 4 bits an exhaustive scan here is bound by the table-lookup shuffles
-  (`vpermb`, 2 per 128 codes and query): the 4-bit QPS target cannot be met without a shortlist,
-  which the issue rules out.
+  4-bit scan gets 0.84. An exhaustive 4-bit scan needs d multiply-adds per vector and query; at
+  64 per `vpdpbusd` and one per cycle per core that caps wiki-MiniLM at about 13,000 QPS on 2
+  cores (this run: 74-81 % of that), and one query reads all 15 MB of codes (latency bound by
+  memory bandwidth). The 4-bit QPS and latency targets need fewer codes read, which only a
+  shortlist or a provably safe bound gives (simulated: a bound from the top 2 bits of each code
+  keeps 19 % of vectors on average, 37 % at p90; see benches/RESULTS.md).
 - Bytes/vector: turboquant-rs reports `memory_bytes()` (codes padded to blocks of 32, f32 scale,
   f32 bias when centred, tombstone bits; ids cost nothing while they equal insertion order,
   else 8 B + a hash map; re-rank adds 2·d fp16 bytes); FAISS rows are `sa_code_size()` (codes +

@@ -14,22 +14,14 @@
 //!   `u32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
 //!   (`_mm256_shuffle_epi8`) per table with the other tables' bytes masked, then
 //!   `pmaddubsw` + `pmaddwd`;
-//! - pair (3-bit), AVX2: per group, `pshufb` + shifts cut the 32 codes out, four `pshufb`
-//!   16-entry tables merged by `pblendvb` on code bits 4 and 5 look them up;
-//! - pair (3-bit), AVX-512 VBMI: the 64 6-bit codes of a step are cut out of their bit stream
-//!   with `vpermb` + `vpmultishiftqb`, then `vpermt2b` looks them up in two 64-entry tables;
-//!   all queries of a pass share the decoded codes.
-//!
-//! The pair kernel accumulates in `u16` lanes: a lane holds the entries of two vectors (even and odd byte);
-//! adding the raw lanes and, separately, the odd bytes (`>> 8`) gives both sums exactly
-//! (`even = raw − (odd << 8)` modulo 2^16) as long as each stays below 2^16. Flushing to `u32`
-//! every [`CHUNK`] steps (≤ 256 entries of ≤ 255 per lane) guarantees that.
+//! - int8 query, 3-bit pairs, AVX-512 VBMI + VNNI: the 64 6-bit codes of a step (16 vectors ×
+//!   4 coordinate pairs) are cut out once (`vpermb` + `vpmultishiftqb`), two `vpermb` give the
+//!   levels of each pair's first and second coordinate, then two `vpdpbusd` per query (the
+//!   query's even and odd coordinates of the span as broadcast dwords); AVX2: `pshufb` + shifts
+//!   cut out 32 codes per 24 bytes, `pshufb` on the 8 levels, `pmaddubsw` + `pmaddwd`.
 
-use super::layout::{stream_bits, Layout, BLOCK, LEVEL_TABLE};
+use super::layout::{Layout, BLOCK, LEVEL_TABLE};
 use crate::simd::{multiversion, SimdLevel};
-
-/// Steps accumulated in `u16` before flushing to `u32` (each adds at most 255 per lane).
-const CHUNK: usize = 256;
 
 multiversion! {
     /// Scalar reference: `out[v] = Σ_g lut[g][code(v, g)]` for a nibble or pair block.
@@ -56,10 +48,14 @@ multiversion! {
                 }
             }
             Layout::Pair { groups } => {
-                for (step, tables) in block.chunks_exact(48).zip(lut.chunks_exact(128)).take(groups / 2) {
-                    for p in 0..64 {
-                        let code = stream_bits(step, 6 * p, 6);
-                        out[p % 32] += tables[64 * (p / 32) + code] as i32;
+                let (first, rest) = lut.split_at(LEVEL_TABLE);
+                let (second, query) = rest.split_at(LEVEL_TABLE);
+                for g in 0..groups {
+                    let (t, k) = (g / 4, g % 4);
+                    let (qa, qb) = (query[8 * t + k] as i8 as i32, query[8 * t + 4 + k] as i8 as i32);
+                    for (v, o) in out.iter_mut().enumerate() {
+                        let code = layout.group_code(block, v, g);
+                        *o += first[code] as i32 * qa + second[code] as i32 * qb;
                     }
                 }
             }
@@ -162,7 +158,7 @@ pub fn block_sums_multi(
             },
             // SAFETY: as above.
             Layout::Pair { groups } => unsafe {
-                by_count!(pair_vbmi, groups, []);
+                by_count8!(pair_int8_vnni, groups);
                 return;
             },
             Layout::Rows { .. } => {}
@@ -193,7 +189,9 @@ fn fallback_sums(
                 return unsafe { x86::nibble_avx2(block, lut, groups, out) }
             }
             // SAFETY: as above.
-            Layout::Pair { groups } => return unsafe { x86::pair_avx2(block, lut, groups, out) },
+            Layout::Pair { groups } => {
+                return unsafe { x86::pair_int8_avx2(block, lut, groups, out) }
+            }
             Layout::Rows { .. } => {}
         }
     }
@@ -202,7 +200,7 @@ fn fallback_sums(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, CHUNK, LEVEL_TABLE};
+    use super::{BLOCK, LEVEL_TABLE};
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -213,24 +211,6 @@ mod x86 {
         *V.get_or_init(|| {
             is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vnni")
         })
-    }
-
-    /// Adds 16 vector sums to `out[..16]`: `even`/`odd` hold, as 8 `i32` each, the sums of
-    /// vectors `0, 2, …, 14` and `1, 3, …, 15`.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn store16(even: __m256i, odd: __m256i, out: &mut [i32]) {
-        let lo = _mm256_unpacklo_epi32(even, odd); // 0 1 2 3 | 8 9 10 11
-        let hi = _mm256_unpackhi_epi32(even, odd); // 4 5 6 7 | 12 13 14 15
-        let a = _mm256_permute2x128_si256(lo, hi, 0x20);
-        let b = _mm256_permute2x128_si256(lo, hi, 0x31);
-        let dst = &mut out[..16];
-        // SAFETY: `dst` is 16 `i32` = two 32-byte vectors, read and written in bounds.
-        unsafe {
-            let p = dst.as_mut_ptr().cast::<__m256i>();
-            _mm256_storeu_si256(p, _mm256_add_epi32(_mm256_loadu_si256(p), a));
-            _mm256_storeu_si256(p.add(1), _mm256_add_epi32(_mm256_loadu_si256(p.add(1)), b));
-        }
     }
 
     /// AVX-512 VBMI + VNNI nibble kernel for `Q` queries at once (codes are decoded once per
@@ -453,19 +433,103 @@ mod x86 {
         }
     }
 
-    /// AVX2 pair (3-bit) kernel: one group (32 vectors' 6-bit codes, 24 bytes) per iteration.
-    /// The codes are cut out of their bit stream with `pshufb` (3 bytes per 4 codes) and
-    /// shifts, looked up in the group's 64-entry table as four 16-entry `pshufb` tables merged
-    /// by `pblendvb` on the code's bits 4 and 5, and accumulated in `u16` lanes.
+    /// AVX-512 VBMI + VNNI int8-query pair (3-bit) kernel for `Q` queries at once: per step (48
+    /// bytes, 16 vectors × 4 coordinate pairs) the 64 6-bit codes are cut out of their bit
+    /// stream (`vpermb` gathers each qword's 6 source bytes, `vpmultishiftqb` aligns its 8
+    /// codes), two `vpermb` map them to the levels of the pair's first and second coordinate
+    /// (64-entry tables, so bits 6 and 7 do not matter), and per query two `vpdpbusd` add
+    /// `level · q` for the span's even and odd coordinates into each vector's lane.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `block` holds `24 · groups` bytes, `lut` `64 · groups`, and
-    /// `groups` is even.
+    /// The CPU must support AVX-512 F/BW/VBMI/VNNI; `block` holds `24 · groups` bytes, every
+    /// `luts[q]` `2 · LEVEL_TABLE + 2 · groups`, `groups` is a multiple of 4 and `out` has `Q`
+    /// rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    pub unsafe fn pair_int8_vnni<const Q: usize, const ACC: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[i32; BLOCK]],
+    ) {
+        // Byte r of qword q gathers source byte 6q + r: qword q then starts at stream bit 48q,
+        // where positions 8q..8q+8 begin, and position 8q + r sits at bit 6r of it.
+        let mut perm = [0u8; 64];
+        for (i, p) in perm.iter_mut().enumerate() {
+            *p = (6 * (i / 8) + i % 8) as u8;
+        }
+        // SAFETY: `perm` is 64 readable bytes; every table opens with the two 64-byte level
+        // tables, shared by all queries (one codebook).
+        let (perm, first, second) = unsafe {
+            (
+                _mm512_loadu_si512(perm.as_ptr().cast()),
+                _mm512_loadu_si512(luts[0].as_ptr().cast()),
+                _mm512_loadu_si512(luts[0].as_ptr().add(LEVEL_TABLE).cast()),
+            )
+        };
+        let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
+        let mut acc = [[[_mm512_setzero_si512(); ACC]; Q]; 2];
+        let mut step = |t: usize, a: usize| {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: the masked load reads bytes `96 t + 48 h .. + 48` only (masked-out
+                // bytes are not accessed), inside the block's `24 · groups` bytes.
+                let x = unsafe {
+                    _mm512_maskz_loadu_epi8(
+                        0xFFFF_FFFF_FFFF,
+                        block.as_ptr().add(96 * t + 48 * h).cast(),
+                    )
+                };
+                let codes = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, x));
+                let va = _mm512_permutexvar_epi8(codes, first);
+                let vb = _mm512_permutexvar_epi8(codes, second);
+                for q in 0..Q {
+                    // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
+                    let (wa, wb) = unsafe {
+                        let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
+                        (
+                            _mm512_set1_epi32(p.cast::<i32>().read_unaligned()),
+                            _mm512_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
+                        )
+                    };
+                    let s = _mm512_dpbusd_epi32(acc[q][a], va, wa);
+                    acc[q][a] = _mm512_dpbusd_epi32(s, vb, wb);
+                }
+            }
+        };
+        let spans = groups / 4;
+        let full = spans / ACC * ACC;
+        for t0 in (0..full).step_by(ACC) {
+            for a in 0..ACC {
+                step(t0 + a, a);
+            }
+        }
+        for t in full..spans {
+            step(t, 0);
+        }
+        for (q, row) in out.iter_mut().enumerate().take(Q) {
+            for (h, acc) in acc.iter().enumerate() {
+                let part = &acc[q];
+                let mut sum = part[0];
+                for p in &part[1..] {
+                    sum = _mm512_add_epi32(sum, *p);
+                }
+                // SAFETY: `row` is 32 `i32`; half `h` is `row[16 h .. 16 h + 16]`.
+                unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(16 * h).cast(), sum) };
+            }
+        }
+    }
+
+    /// AVX2 int8-query pair (3-bit) kernel: per 24 bytes (8 vectors × 4 pairs) `pshufb` and
+    /// shifts cut the 32 6-bit codes out, `pshufb` on the 8 levels maps each code's first and
+    /// second coordinate, and `pmaddubsw` (levels ≤ 127: no saturation) + `pmaddwd` add
+    /// `level · q` into each vector's lane.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `block` holds `24 · groups` bytes, `lut`
+    /// `2 · LEVEL_TABLE + 2 · groups`, `groups` a multiple of 4.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn pair_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
-        *out = [0; BLOCK];
-        // Dword i of lane 0 takes bytes 3i..3i+3 of the group's 24 bytes; lane 1 is loaded from
-        // byte 8 and takes bytes 4 + 3i.. (bytes 12 + 3i of the group).
+    pub unsafe fn pair_int8_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
+        // Dword i of lane 0 takes bytes 3i..3i+3 of the 24 bytes; lane 1 is loaded from byte 8
+        // and takes bytes 4 + 3i.. (bytes 12 + 3i of the 24).
         let gather = _mm256_setr_epi8(
             0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1, //
             4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1,
@@ -478,23 +542,26 @@ mod x86 {
             _mm256_set1_epi32(0x00FF_F000),
             _mm256_set1_epi32(0x0FC0_0FC0),
         );
-        let mut g0 = 0;
-        while g0 < groups {
-            let g1 = (g0 + CHUNK).min(groups);
-            let (mut raw, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for g in g0..g1 {
-                let at = 48 * (g / 2) + 24 * (g % 2);
-                // SAFETY: bytes `at .. at + 24` of the block and the group's 64 table bytes
-                // are in bounds (caller's contract); both 16-byte loads stay inside them.
-                let (x, t) = unsafe {
-                    let p = block.as_ptr().add(at);
-                    let tp = lut.as_ptr().add(64 * g);
-                    (
-                        _mm256_loadu2_m128i(p.add(8).cast(), p.cast()),
-                        [0, 1, 2, 3].map(|k| {
-                            _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.add(16 * k).cast()))
-                        }),
-                    )
+        let seven = _mm256_set1_epi8(7);
+        let ones16 = _mm256_set1_epi16(1);
+        // SAFETY: the table opens with the first-coordinate levels, `level[i mod 8]`.
+        let levels = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lut.as_ptr().cast()) });
+        let mut acc = [_mm256_setzero_si256(); 4]; // vectors 0..8, 8..16, 16..24, 24..32
+        for t in 0..groups / 4 {
+            // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of the table, in bounds.
+            let (wa, wb) = unsafe {
+                let p = lut.as_ptr().add(2 * LEVEL_TABLE + 8 * t);
+                (
+                    _mm256_set1_epi32(p.cast::<i32>().read_unaligned()),
+                    _mm256_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
+                )
+            };
+            for (part, a) in acc.iter_mut().enumerate() {
+                // SAFETY: bytes `96 t + 24 part .. + 24` are in the block; both 16-byte loads
+                // (from `+ 0` and `+ 8`) stay inside them.
+                let x = unsafe {
+                    let p = block.as_ptr().add(96 * t + 24 * part);
+                    _mm256_loadu2_m128i(p.add(8).cast(), p.cast())
                 };
                 // Each dword holds 4 codes at bits 0, 6, 12, 18: spread them to its 4 bytes.
                 let d = _mm256_shuffle_epi8(x, gather);
@@ -506,107 +573,17 @@ mod x86 {
                     _mm256_and_si256(d, m6),
                     _mm256_slli_epi32::<2>(_mm256_and_si256(d, m6h)),
                 );
-                // Bits 4 and 5 of each code, moved to bit 7 (the blend selector).
-                let (b4, b5) = (_mm256_slli_epi16::<3>(c), _mm256_slli_epi16::<2>(c));
-                let r01 = _mm256_blendv_epi8(
-                    _mm256_shuffle_epi8(t[0], c),
-                    _mm256_shuffle_epi8(t[1], c),
-                    b4,
-                );
-                let r23 = _mm256_blendv_epi8(
-                    _mm256_shuffle_epi8(t[2], c),
-                    _mm256_shuffle_epi8(t[3], c),
-                    b4,
-                );
-                let v = _mm256_blendv_epi8(r01, r23, b5);
-                raw = _mm256_add_epi16(raw, v);
-                odd = _mm256_add_epi16(odd, _mm256_srli_epi16::<8>(v));
+                let la = _mm256_shuffle_epi8(levels, _mm256_and_si256(c, seven));
+                let lb =
+                    _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16::<3>(c), seven));
+                let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(la, wa), ones16);
+                let sb = _mm256_madd_epi16(_mm256_maddubs_epi16(lb, wb), ones16);
+                *a = _mm256_add_epi32(*a, _mm256_add_epi32(sa, sb));
             }
-            let even = _mm256_sub_epi16(raw, _mm256_slli_epi16::<8>(odd));
-            let lo = |v: __m256i| _mm256_cvtepu16_epi32(_mm256_castsi256_si128(v));
-            let hi = |v: __m256i| _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(v));
-            store16(lo(even), lo(odd), &mut out[..16]);
-            store16(hi(even), hi(odd), &mut out[16..]);
-            g0 = g1;
         }
-    }
-
-    /// AVX-512 VBMI pair (3-bit) kernel for `Q` queries at once: one 48-byte step (2 groups ×
-    /// 32 vectors) per iteration; the 64 6-bit codes are cut out once (`vpermb` +
-    /// `vpmultishiftqb`) and looked up in each query's two 64-entry tables (`vpermt2b`).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW and VBMI; `block` holds `24 · groups` bytes, every
-    /// `luts[q]` `64 · groups`, `groups` is even and `out` has `Q` rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    pub unsafe fn pair_vbmi<const Q: usize>(
-        block: &[u8],
-        luts: [&[u8]; Q],
-        groups: usize,
-        out: &mut [[i32; BLOCK]],
-    ) {
-        for row in out.iter_mut() {
-            *row = [0; BLOCK];
-        }
-        let steps = groups / 2;
-        // Byte r of qword q gathers source byte 6q + r: qword q then starts at stream bit 48q,
-        // where positions 8q..8q+8 begin, and position 8q + r sits at bit 6r of it.
-        let mut perm = [0u8; 64];
-        for (i, p) in perm.iter_mut().enumerate() {
-            *p = (6 * (i / 8) + i % 8) as u8;
-        }
-        // SAFETY: `perm` is 64 readable bytes.
-        let perm = unsafe { _mm512_loadu_si512(perm.as_ptr().cast()) };
-        let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
-        let six = _mm512_set1_epi8(0x3F);
-        // Positions 32..64 belong to the step's second group: bit 6 picks the second table.
-        let sel = 0x4040_4040_4040_4040u64 as i64;
-        let second = _mm512_set_epi64(sel, sel, sel, sel, 0, 0, 0, 0);
-        let mut s0 = 0;
-        while s0 < steps {
-            let s1 = (s0 + CHUNK).min(steps);
-            let mut raw = [_mm512_setzero_si512(); Q];
-            let mut odd = raw;
-            for s in s0..s1 {
-                // SAFETY: the masked load reads bytes `48 s .. 48 s + 48` only (masked-out bytes
-                // are not accessed), in bounds.
-                let x = unsafe {
-                    _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, block.as_ptr().add(48 * s).cast())
-                };
-                let bits = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, x));
-                let idx = _mm512_or_si512(_mm512_and_si512(bits, six), second);
-                for q in 0..Q {
-                    // SAFETY: tables `128 s .. 128 s + 128` of each query, in bounds.
-                    let (ta, tb) = unsafe {
-                        (
-                            _mm512_loadu_si512(luts[q].as_ptr().add(128 * s).cast()),
-                            _mm512_loadu_si512(luts[q].as_ptr().add(128 * s + 64).cast()),
-                        )
-                    };
-                    let v = _mm512_permutex2var_epi8(ta, idx, tb);
-                    raw[q] = _mm512_add_epi16(raw[q], v);
-                    odd[q] = _mm512_add_epi16(odd[q], _mm512_srli_epi16::<8>(v));
-                }
-            }
-            // Lanes 0, 1 and 2, 3 hold vectors 0..32 of the step's two groups: add them.
-            let fold = |v: __m512i| {
-                _mm512_add_epi32(
-                    _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)),
-                    _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
-                )
-            };
-            let half = |v: __m512i| _mm512_extracti64x4_epi64::<1>(v);
-            for (q, row) in out.iter_mut().enumerate().take(Q) {
-                let even = fold(_mm512_sub_epi16(raw[q], _mm512_slli_epi16::<8>(odd[q])));
-                let odd = fold(odd[q]);
-                store16(
-                    _mm512_castsi512_si256(even),
-                    _mm512_castsi512_si256(odd),
-                    &mut row[..16],
-                );
-                store16(half(even), half(odd), &mut row[16..]);
-            }
-            s0 = s1;
+        for (i, a) in acc.into_iter().enumerate() {
+            // SAFETY: `out` has 32 `i32`; chunk `i` is `out[8 i .. 8 i + 8]`.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
         }
     }
 }
@@ -643,14 +620,14 @@ mod tests {
             if layout.int8_query() {
                 // levels 0..=127 shared by all queries, then any i8 query (extremes included)
                 let levels: Vec<u8> = (0..16).map(|_| next() as u8 & 0x7F).collect();
+                let table = layout.level_table(&levels);
+                let n = table.len();
                 for t in [&mut lut, &mut other] {
-                    for (i, l) in t[..LEVEL_TABLE].iter_mut().enumerate() {
-                        *l = levels[i % 16];
-                    }
-                    t[LEVEL_TABLE] = 0x80; // -128 never occurs in a query but must not overflow
-                    t[LEVEL_TABLE + 1] = 0x7F;
+                    t[..n].copy_from_slice(&table);
+                    t[n] = 0x80; // -128 never occurs in a query but must not overflow
+                    t[n + 1] = 0x7F;
                 }
-                for v in &mut other[LEVEL_TABLE..] {
+                for v in &mut other[n..] {
                     *v = next() as u8;
                 }
             }

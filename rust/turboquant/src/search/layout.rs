@@ -13,13 +13,19 @@
 //!   per group at `[16g, 16g + 16)`; at 4 bits (one coordinate per group) the *int8 query*:
 //!   64 bytes of centroid levels (the 16 levels `0..=127`, repeated 4 times, so that a lookup
 //!   may ignore index bits 4 and 5), then one `i8` per coordinate (the quantized rotated query,
-//!   zero on padding). Scoring multiplies each code's level by the query's `i8`: one
-//!   multiply-add per code and query instead of a lookup and an add, the code decoding shared
-//!   by every query of a pass.
-//! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 2):
-//!   groups `2s, 2s + 1` form step `s`, 48 bytes at `[48s, 48s + 48)`: a bit stream of 64 6-bit
-//!   codes, LSB first, where position `p` holds vector `p mod 32`'s code of group `2s + p / 32`.
-//!   3 bits per coordinate stay 3 bits. Lookup table: 64 `u8` per group at `[64g, 64g + 64)`.
+//!   zero on padding).
+//!
+//! An int8 query ([`Layout::int8_query`]: 3 and 4 bits) is scored by multiplying each code's
+//! centroid level by the query's `i8` coordinate: one multiply-add per code and query instead of
+//! a table lookup and an add, with the code decoding shared by every query of a pass.
+//! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 4):
+//!   groups `4t .. 4t + 4` (coordinates `8t .. 8t + 8`) form span `t`, two 48-byte steps at
+//!   `[96t + 48h, 96t + 48h + 48)` for the vector halves `h = 0, 1`. A step is a bit stream of
+//!   64 6-bit codes, LSB first, where position `4i + k` holds vector `16h + i`'s code of group
+//!   `4t + k`. 3 bits per coordinate stay 3 bits. Query: the int8 query, 128 bytes of levels
+//!   (64 for the first coordinate of a group code, `level[t & 7]`, then 64 for the second,
+//!   `level[t >> 3]`), then per span 8 `i8`: its even coordinates `8t, 8t+2, 8t+4, 8t+6`, then
+//!   its odd ones, so that one dword multiplies the first coordinates of a vector's 4 groups.
 //! - **Rows** (`b ≥ 5`): the canonical rows themselves, 32 back to back per block; scored with
 //!   `f32` per-coordinate tables.
 //!
@@ -31,7 +37,7 @@ use crate::simd::{multiversion, SimdLevel};
 /// Vectors per block.
 pub const BLOCK: usize = 32;
 
-/// Bytes of the centroid-level table that opens an int8 query ([`Layout::int8_query`]).
+/// Bytes of one centroid-level table of an int8 query ([`Layout::int8_query`]).
 pub const LEVEL_TABLE: usize = 64;
 /// Largest centroid level of an int8 query: 7 bits, so that two level × query products
 /// (`≤ 2 · 127 · 127`) fit the `i16` of AVX2's `pmaddubsw` without saturating.
@@ -49,7 +55,7 @@ pub enum Layout {
         /// Bits per coordinate (1, 2 or 4).
         bits: u8,
     },
-    /// 6-bit group codes of coordinate pairs (3 bits each), `groups` a multiple of 2.
+    /// 6-bit group codes of coordinate pairs (3 bits each), `groups` a multiple of 4.
     Pair {
         /// Padded number of groups.
         groups: usize,
@@ -82,6 +88,12 @@ fn put_bits(stream: &mut [u8], start: usize, value: usize) {
     }
 }
 
+/// Stream position (in codes) of vector `v`'s code of group `g` in a pair block.
+#[inline]
+fn pair_position(v: usize, g: usize) -> usize {
+    64 * (2 * (g / 4) + v / 16) + 4 * (v % 16) + g % 4
+}
+
 /// Byte of a nibble block holding vector `v`'s code of group `g`.
 #[inline]
 fn nibble_byte(v: usize, g: usize) -> usize {
@@ -97,7 +109,7 @@ impl Layout {
                 bits,
             },
             3 => Layout::Pair {
-                groups: dim.div_ceil(4) * 2,
+                groups: dim.div_ceil(8) * 4,
             },
             _ => Layout::Rows {
                 row_bytes: row_bytes(dim, bits),
@@ -132,18 +144,38 @@ impl Layout {
         }
     }
 
-    /// Whether queries are scored as an int8 query against centroid levels (4-bit nibbles)
+    /// Whether queries are scored as an int8 query against centroid levels (3 and 4 bits)
     /// rather than through per-group lookup tables.
     pub fn int8_query(&self) -> bool {
-        matches!(self, Layout::Nibble { bits: 4, .. })
+        matches!(self, Layout::Nibble { bits: 4, .. } | Layout::Pair { .. })
+    }
+
+    /// Bytes of the level tables that open an int8 query (0 for lookup-table layouts).
+    pub fn level_bytes(&self) -> usize {
+        match self {
+            Layout::Nibble { bits: 4, .. } => LEVEL_TABLE,
+            Layout::Pair { .. } => 2 * LEVEL_TABLE,
+            _ => 0,
+        }
+    }
+
+    /// The level tables of an int8 query (see the module doc) from the level of each code.
+    pub fn level_table(&self, levels: &[u8]) -> Vec<u8> {
+        (0..self.level_bytes())
+            .map(|i| match self {
+                Layout::Pair { .. } if i < LEVEL_TABLE => levels[i % 8],
+                Layout::Pair { .. } => levels[(i % LEVEL_TABLE) / 8],
+                _ => levels[i % 16],
+            })
+            .collect()
     }
 
     /// Bytes of one query's [`QueryTables::lut`] (0 for rows).
     pub fn lut_bytes(&self) -> usize {
-        if self.int8_query() {
-            LEVEL_TABLE + self.groups()
-        } else {
-            self.groups() << self.group_bits()
+        match self {
+            Layout::Nibble { bits: 4, groups } => LEVEL_TABLE + groups,
+            Layout::Pair { groups } => 2 * LEVEL_TABLE + 2 * groups,
+            _ => self.groups() << self.group_bits(),
         }
     }
 
@@ -158,8 +190,7 @@ impl Layout {
             }
             Layout::Pair { groups } => {
                 for g in 0..groups {
-                    let pos = 64 * (g / 2) + 32 * (g % 2) + v;
-                    put_bits(block, 6 * pos, stream_bits(row, 6 * g, 6));
+                    put_bits(block, 6 * pair_position(v, g), stream_bits(row, 6 * g, 6));
                 }
             }
             Layout::Rows { row_bytes, .. } => {
@@ -180,10 +211,7 @@ impl Layout {
                     byte >> 4
                 }
             }
-            Layout::Pair { .. } => {
-                let pos = 64 * (g / 2) + 32 * (g % 2) + v;
-                stream_bits(block, 6 * pos, 6)
-            }
+            Layout::Pair { .. } => stream_bits(block, 6 * pair_position(v, g), 6),
             Layout::Rows { .. } => 0,
         }
     }
@@ -305,19 +333,27 @@ fn int8_query(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables {
     let lo = centroids[0];
     let hi = centroids[centroids.len() - 1];
     let step = if hi > lo { (hi - lo) / MAX_LEVEL } else { 1.0 };
+    let levels: Vec<u8> = centroids
+        .iter()
+        .map(|&c| ((c - lo) / step).round().clamp(0.0, MAX_LEVEL) as u8)
+        .collect();
     let mut lut = vec![0u8; layout.lut_bytes()];
-    let (levels, query) = lut.split_at_mut(LEVEL_TABLE);
-    for (i, l) in levels.iter_mut().enumerate() {
-        let c = centroids.get(i % 16).copied().unwrap_or(lo);
-        *l = ((c - lo) / step).round().clamp(0.0, MAX_LEVEL) as u8;
-    }
+    let (table, query) = lut.split_at_mut(layout.level_bytes());
+    table.copy_from_slice(&layout.level_table(&levels));
+    let k = centroids.len();
     let peak = rq.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let s = if peak > 0.0 { peak / MAX_QUERY } else { 1.0 };
     let mut total = 0i64;
-    for (q, &v) in query.iter_mut().zip(&rq) {
+    for (j, &v) in rq.iter().enumerate() {
         let i = (v / s).round().clamp(-MAX_QUERY, MAX_QUERY) as i8;
         total += i as i64;
-        *q = i as u8;
+        // pairs: per span of 8 coordinates the even ones, then the odd ones
+        let at = if k == 16 {
+            j
+        } else {
+            j / 8 * 8 + (j % 2) * 4 + (j % 8) / 2
+        };
+        query[at] = i as u8;
     }
     QueryTables {
         delta: s * step,

@@ -1,7 +1,7 @@
 //! Index files: save, load into memory, or load with the code blocks memory-mapped.
 //!
 //! ```text
-//! header(kind 3, see crate::format) | index version u8 (=2) | metric u8 (0 ip, 1 cosine, 2 l2)
+//! header(kind 3, see crate::format) | index version u8 (=3) | metric u8 (0 ip, 1 cosine, 2 l2)
 //! | rerank u8 | centre u8 (0 off, 1 auto: not fixed yet, 2 fixed) | fixed: centre f32 × dim
 //! | slots n u64 | next id u64
 //! | ids u64 × n | tombstones u64 × ⌈n/64⌉ | scales f32 × n
@@ -13,6 +13,9 @@
 //! quantizer parameters, id uniqueness and range, and that unused slots hold zero codes, so a
 //! damaged file gives [`Error::Corrupt`]. With `mmap`, the code blocks and originals stay in
 //! the mapping (the checksum still reads the whole file once).
+//!
+//! Version 3 reordered the 3-bit code blocks (spans of 16 vectors × 4 pairs, for the int8-query
+//! kernel).
 
 use super::center::Center;
 use super::ids::IdMap;
@@ -29,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Version of the index section written by this build.
-pub const INDEX_VERSION: u8 = 2;
+pub const INDEX_VERSION: u8 = 3;
 
 fn metric_code(m: Metric) -> u8 {
     match m {

@@ -373,9 +373,9 @@ NOTES = """
   median over 200 single-row searches (50 for SQ4, 20 for IndexPQ, 5 for turboquant-torch). Build
   is train + add. Absolute numbers move with the machine's load (2 cores shared with other work):
   compare rows of one run only.
-- turboquant-rs scans every live code (exhaustive): at 4 bits as an int8 query against 7-bit
-  centroid levels (one `vpdpbusd` per 64 codes and query, the nibble decoding shared by 8
-  queries), at 1-3 bits through `u8` lookup tables; then the best 2·k are re-scored from their
+- turboquant-rs scans every live code (exhaustive): at 3 and 4 bits as an int8 query against
+  7-bit centroid levels (one `vpdpbusd` per 64 codes and query, the code decoding shared by 8
+  queries), at 1-2 bits through `u8` lookup tables; then the best 2·k are re-scored from their
   codes in `f32`, which reproduces the top-10 of a full `f32` scan (agreement held ≥ 0.99 by
   `rust/turboquant/tests/search.rs`). The stored scale is `proj` (length correction): it measured
   recall@10 0.9524 / 0.8321 (4 / 2 bits) against 0.9513 / 0.8244 for the least-squares scale.

@@ -1,17 +1,17 @@
-//! Fast-scan kernels: sums of `u8` lookup-table entries over one block of 32 vectors.
+//! Fast-scan kernels: integer scores of one block of 32 vectors against a query.
 //!
-//! [`block_sums`] returns, for each of the 32 vectors of a block, `Σ_g lut[g][code_g]` as an
-//! exact `i32`, for the [`Layout::Nibble`] and [`Layout::Pair`] layouts; for an int8 query
-//! ([`Layout::int8_query`], 4 bits) it returns `Σ_j q[j] · level[code_j]` instead. The scalar
-//! reference is [`portable_sums`]; the SIMD versions compute the same integers:
+//! [`block_sums`] returns, for each of the 32 vectors of a block, an exact `i32`: for an int8
+//! query ([`Layout::int8_query`]: 3 and 4 bits) `Σ_j q[j] · level[code_j]`, for the 1- and
+//! 2-bit nibble layouts `Σ_g lut[g][code_g]` over `u8` lookup tables. The scalar reference is
+//! [`portable_sums`]; the SIMD versions compute the same integers:
 //!
-//! - int8 query, AVX-512 VBMI + VNNI: per quad, two `vpermb` turn the 128 nibbles into levels
+//! - int8 query, 4-bit nibbles, AVX-512 VBMI + VNNI: per quad, two `vpermb` turn the 128 nibbles into levels
 //!   once for all queries of the pass, then one `vpdpbusd` per 64 codes and query multiplies
 //!   them by the query's 4 coordinates (a broadcast dword) and adds into each vector's lane;
 //!   AVX2: `pshufb` levels, `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`;
 //! - nibble, AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
 //!   in four in-register 16-entry tables, `vpdpbusd` adds each vector's four entries into a
-//!   `u32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
+//!   `i32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
 //!   (`_mm256_shuffle_epi8`) per table with the other tables' bytes masked, then
 //!   `pmaddubsw` + `pmaddwd`;
 //! - int8 query, 3-bit pairs, AVX-512 VBMI + VNNI: the 64 6-bit codes of a step (16 vectors ×

@@ -222,9 +222,10 @@ impl Layout {
 /// is quantized to `u8`: `lut[g][t] = round((table[g][t] − min_g) / delta)`, so that
 /// `Σ_g table[g][c_g] ≈ delta · Σ_g lut[g][c_g] + base` with `base = Σ_g min_g`. For an int8
 /// query ([`Layout::int8_query`]) `centroids[c] ≈ lo + step · level[c]` and
-/// `rq[j] ≈ s · q[j]`, so that `Σ_j rq[j] · centroids[c_j] ≈ delta · Σ_j q[j] · level[c_j]
-/// + base` with `delta = s · step`, `base = s · lo · Σ_j q[j]`. The rotated query `rq` is
-/// kept for exact scores ([`QueryTables::exact_score`]); the `f32` tables are not.
+/// `rq[j] ≈ s · q[j]`, so that
+/// `Σ_j rq[j] · centroids[c_j] ≈ delta · Σ_j q[j] · level[c_j] + base` with
+/// `delta = s · step` and `base = s · lo · Σ_j q[j]`. The rotated query `rq` is kept for exact
+/// scores ([`QueryTables::exact_score`]); the `f32` tables are not.
 #[derive(Debug, Clone, Default)]
 pub struct QueryTables {
     /// The rotated query.

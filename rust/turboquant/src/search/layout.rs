@@ -269,8 +269,9 @@ impl QueryTables {
         }
     }
 
-    /// `⟨rq, ĉ⟩` for vector `v` of a group-layout `block`, in `f32` without table rounding:
-    /// `Σ_g table[g][code_g]` with the `f32` group tables of [`QueryTables`].
+    /// `⟨rq, ĉ⟩` for vector `v` of a group-layout `block`, in `f32` without the integer
+    /// scan's rounding (four running sums by coordinate mod 4: one running sum is a chain of
+    /// dependent adds).
     pub fn exact_score(
         &self,
         layout: &Layout,
@@ -279,40 +280,31 @@ impl QueryTables {
         centroids: &[f32],
         bits: u8,
     ) -> f32 {
-        let w = layout.group_bits();
-        let dot = |g: usize, code: usize| group_dot(&self.rq, centroids, bits, w, g, code);
-        match *layout {
+        let mut acc = [0.0f32; 4];
+        if layout.int8_query() && layout.group_bits() == 4 {
             // 4 bits: vector v's codes of quad c are the nibbles of the little-endian u32 at
-            // byte 64·c + 4·(v mod 16), low or high half of each byte by v / 16; four
-            // independent sums (a single running sum is a chain of dependent adds)
-            Layout::Nibble { .. } if layout.int8_query() => {
-                let (at, shift) = (4 * (v % 16), 4 * (v / 16));
-                let mut acc = [0.0f32; 4];
-                for (c, rq) in self.rq.chunks(4).enumerate() {
-                    let b = &block[64 * c + at..64 * c + at + 4];
-                    let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> shift;
-                    for (u, &r) in rq.iter().enumerate() {
-                        acc[u] += r * centroids[((w >> (8 * u)) & 15) as usize];
-                    }
+            // byte 64·c + 4·(v mod 16), low or high half of each byte by v / 16
+            let (at, shift) = (4 * (v % 16), 4 * (v / 16));
+            for (c, rq) in self.rq.chunks(4).enumerate() {
+                let b = &block[64 * c + at..64 * c + at + 4];
+                let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> shift;
+                for (u, &r) in rq.iter().enumerate() {
+                    acc[u] += r * centroids[((w >> (8 * u)) & 15) as usize];
                 }
-                (acc[0] + acc[1]) + (acc[2] + acc[3])
             }
-            // the nibble of group g is in byte 64·(g/4) + 4·(v mod 16) + g mod 4
-            Layout::Nibble { groups, .. } => {
-                let (at, shift) = (4 * (v % 16), 4 * (v / 16));
-                (0..groups)
-                    .map(|g| {
-                        dot(
-                            g,
-                            ((block[64 * (g / 4) + at + g % 4] >> shift) & 15) as usize,
-                        )
-                    })
-                    .sum()
+        } else {
+            // a group code holds `per` codes of `b` bits, coordinate g·per + u at bit u·b
+            let b = bits as usize;
+            let per = layout.group_bits() / b;
+            let mask = (1usize << b) - 1;
+            for (g, rq) in self.rq.chunks(per).enumerate() {
+                let t = layout.group_code(block, v, g);
+                for (u, &r) in rq.iter().enumerate() {
+                    acc[(g * per + u) % 4] += r * centroids[(t >> (u * b)) & mask];
+                }
             }
-            _ => (0..layout.groups())
-                .map(|g| dot(g, layout.group_code(block, v, g)))
-                .sum(),
         }
+        (acc[0] + acc[1]) + (acc[2] + acc[3])
     }
 
     /// The `f32` tables of a scan without `u8` rounding: per-coordinate `rq[j] · centroids[c]`
@@ -364,13 +356,14 @@ fn int8_query(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables {
     }
 }
 
-/// The `f32` group tables `table[g][t] = group_dot(g, t)` of a group layout.
+/// The `f32` group tables of a group layout: `table[g][t] = Σ_u rq[g·per + u] · centroids[code_u]`
+/// over the `per = w / bits` coordinates of group `g` with group code `t` (padding counts zero).
 fn group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec<f32> {
     let (w, b) = (layout.group_bits(), bits as usize);
     let (size, per, k) = (1usize << w, w / b, 1usize << b);
     let mut float = vec![0.0f32; layout.groups() * size];
     // The products of the group's coordinates with every centroid, then each entry sums its
-    // coordinates' products in order u = 0, 1, … (the arithmetic of `group_dot`).
+    // coordinates' products in order u = 0, 1, ….
     let mut products = vec![0.0f32; per * k];
     for (g, table) in float.chunks_exact_mut(size).enumerate() {
         let coords = rq.len().saturating_sub(g * per).min(per);
@@ -423,22 +416,6 @@ multiversion! {
         }
         (delta, base)
     }
-}
-
-/// `Σ_u rq[g·per + u] · centroids[code_u]` for the `per = w / bits` coordinates of group `g`
-/// with group code `t` (padded coordinates count zero).
-#[inline]
-fn group_dot(rq: &[f32], centroids: &[f32], bits: u8, w: usize, g: usize, t: usize) -> f32 {
-    let b = bits as usize;
-    let per = w / b;
-    let mask = (1usize << b) - 1;
-    let mut acc = 0.0f32;
-    for u in 0..per {
-        if let Some(&v) = rq.get(g * per + u) {
-            acc += v * centroids[(t >> (u * b)) & mask];
-        }
-    }
-    acc
 }
 
 #[cfg(test)]

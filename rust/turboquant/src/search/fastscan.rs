@@ -24,17 +24,20 @@ use super::layout::{Layout, BLOCK, LEVEL_TABLE};
 use crate::simd::{multiversion, SimdLevel};
 
 multiversion! {
-    /// Scalar reference: `out[v] = Σ_g lut[g][code(v, g)]` for a nibble or pair block.
+    /// Scalar reference: `out[v] = Σ_j q[j] · level[code_j]` for an int8 query, else
+    /// `Σ_g lut[g][code(v, g)]`.
     pub fn portable_sums(layout: &Layout, block: &[u8], lut: &[u8], out: &mut [i32; BLOCK]) {
         *out = [0; BLOCK];
         match *layout {
-            Layout::Nibble { groups, .. } if layout.int8_query() => {
-                let (levels, query) = lut.split_at(LEVEL_TABLE);
-                for (c, codes) in block.chunks_exact(64).enumerate().take(groups / 4) {
-                    for (p, &b) in codes.iter().enumerate() {
-                        let q = query[4 * c + p % 4] as i8 as i32;
-                        out[p / 4] += levels[(b & 15) as usize] as i32 * q;
-                        out[16 + p / 4] += levels[(b >> 4) as usize] as i32 * q;
+            _ if layout.int8_query() => {
+                let per = layout.coords_per_group();
+                let (tables, query) = lut.split_at(layout.level_bytes());
+                for g in 0..layout.groups() {
+                    for (u, table) in tables.chunks_exact(LEVEL_TABLE).enumerate() {
+                        let q = query[layout.query_slot(g * per + u)] as i8 as i32;
+                        for (v, o) in out.iter_mut().enumerate() {
+                            *o += table[layout.group_code(block, v, g)] as i32 * q;
+                        }
                     }
                 }
             }
@@ -47,19 +50,7 @@ multiversion! {
                     }
                 }
             }
-            Layout::Pair { groups } => {
-                let (first, rest) = lut.split_at(LEVEL_TABLE);
-                let (second, query) = rest.split_at(LEVEL_TABLE);
-                for g in 0..groups {
-                    let (t, k) = (g / 4, g % 4);
-                    let (qa, qb) = (query[8 * t + k] as i8 as i32, query[8 * t + 4 + k] as i8 as i32);
-                    for (v, o) in out.iter_mut().enumerate() {
-                        let code = layout.group_code(block, v, g);
-                        *o += first[code] as i32 * qa + second[code] as i32 * qb;
-                    }
-                }
-            }
-            Layout::Rows { .. } => {}
+            Layout::Pair { .. } | Layout::Rows { .. } => {}
         }
     }
 }
@@ -143,10 +134,11 @@ pub fn block_sums_multi(
         match *layout {
             // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
             // sliced to the layout's sizes and `out` has one row per table.
-            Layout::Nibble { groups, .. } if layout.int8_query() => unsafe {
+            Layout::Nibble { groups, bits: 4 } => unsafe {
                 by_count8!(int8_vnni, groups);
                 return;
             },
+
             // SAFETY: as above.
             Layout::Nibble { groups, .. } => unsafe {
                 match luts.len() {
@@ -181,9 +173,10 @@ fn fallback_sums(
     if level.supported() >= SimdLevel::Avx2 {
         match *layout {
             // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
-            Layout::Nibble { groups, .. } if layout.int8_query() => {
+            Layout::Nibble { groups, bits: 4 } => {
                 return unsafe { x86::int8_avx2(block, lut, groups, out) }
             }
+
             // SAFETY: as above.
             Layout::Nibble { groups, .. } => {
                 return unsafe { x86::nibble_avx2(block, lut, groups, out) }
@@ -597,6 +590,8 @@ mod tests {
         for (dim, bits) in [
             (384usize, 4u8),
             (100, 2),
+            (9, 2),
+            (1030, 2),
             (37, 1),
             (384, 3),
             (70, 3),

@@ -206,6 +206,44 @@ mod x86 {
         })
     }
 
+    /// Calls `step(i, a)` for every `i < n`, cycling `a` through `ACC` independent
+    /// accumulators in runs of `ACC` (the tail uses slot 0).
+    #[inline(always)]
+    fn rotate<const ACC: usize>(n: usize, mut step: impl FnMut(usize, usize)) {
+        let full = n / ACC * ACC;
+        for i0 in (0..full).step_by(ACC) {
+            for a in 0..ACC {
+                step(i0 + a, a);
+            }
+        }
+        for i in full..n {
+            step(i, 0);
+        }
+    }
+
+    /// Writes `Q` rows of 32 sums: row `q`'s vectors 0..16 sum `lo[q]`'s `ACC` accumulators,
+    /// vectors 16..32 `hi[q]`'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn store_sums<const Q: usize, const ACC: usize>(
+        lo: &[[__m512i; ACC]; Q],
+        hi: &[[__m512i; ACC]; Q],
+        out: &mut [[i32; BLOCK]],
+    ) {
+        for (q, row) in out.iter_mut().enumerate().take(Q) {
+            let (mut l, mut h) = (lo[q][0], hi[q][0]);
+            for a in 1..ACC {
+                l = _mm512_add_epi32(l, lo[q][a]);
+                h = _mm512_add_epi32(h, hi[q][a]);
+            }
+            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
+            unsafe {
+                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
+                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
+            }
+        }
+    }
+
     /// AVX-512 VBMI + VNNI nibble kernel for `Q` queries at once (codes are decoded once per
     /// quad): one quad (4 groups × 32 vectors, 64 bytes) per step. `vpermb` looks each nibble up
     /// in the quad's four 16-entry tables (index `16 j + code` for byte `4 i + j`), `vpdpbusd`
@@ -227,7 +265,7 @@ mod x86 {
         let ones = _mm512_set1_epi8(1);
         let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
         let mut hi = lo;
-        let mut step = |c: usize, a: usize| {
+        let step = |c: usize, a: usize| {
             // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
             let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
             // (x & 0x0F) | sel, as one ternary-logic op (A & B) | C.
@@ -240,28 +278,8 @@ mod x86 {
                 hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], _mm512_permutexvar_epi8(ih, t), ones);
             }
         };
-        let quads = groups / 4;
-        let full = quads / ACC * ACC;
-        for c0 in (0..full).step_by(ACC) {
-            for a in 0..ACC {
-                step(c0 + a, a);
-            }
-        }
-        for c in full..quads {
-            step(c, 0);
-        }
-        for (q, row) in out.iter_mut().enumerate().take(Q) {
-            let (mut l, mut h) = (lo[q][0], hi[q][0]);
-            for a in 1..ACC {
-                l = _mm512_add_epi32(l, lo[q][a]);
-                h = _mm512_add_epi32(h, hi[q][a]);
-            }
-            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
-            unsafe {
-                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
-                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
-            }
-        }
+        rotate::<ACC>(groups / 4, step);
+        store_sums(&lo, &hi, out);
     }
 
     /// AVX2 nibble kernel: half a quad (8 vectors' bytes) per register; each of the quad's four
@@ -339,7 +357,7 @@ mod x86 {
         let levels = unsafe { _mm512_loadu_si512(luts[0].as_ptr().cast()) };
         let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
         let mut hi = lo;
-        let mut step = |c: usize, a: usize| {
+        let step = |c: usize, a: usize| {
             // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's contract).
             let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
             let vl = _mm512_permutexvar_epi8(x, levels);
@@ -359,28 +377,8 @@ mod x86 {
                 hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], vh, w);
             }
         };
-        let quads = groups / 4;
-        let full = quads / ACC * ACC;
-        for c0 in (0..full).step_by(ACC) {
-            for a in 0..ACC {
-                step(c0 + a, a);
-            }
-        }
-        for c in full..quads {
-            step(c, 0);
-        }
-        for (q, row) in out.iter_mut().enumerate().take(Q) {
-            let (mut l, mut h) = (lo[q][0], hi[q][0]);
-            for a in 1..ACC {
-                l = _mm512_add_epi32(l, lo[q][a]);
-                h = _mm512_add_epi32(h, hi[q][a]);
-            }
-            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
-            unsafe {
-                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
-                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
-            }
-        }
+        rotate::<ACC>(groups / 4, step);
+        store_sums(&lo, &hi, out);
     }
 
     /// AVX2 int8-query kernel: half a quad (8 vectors' bytes) per register; `pshufb` maps
@@ -461,7 +459,7 @@ mod x86 {
         };
         let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
         let mut acc = [[[_mm512_setzero_si512(); ACC]; Q]; 2];
-        let mut step = |t: usize, a: usize| {
+        let step = |t: usize, a: usize| {
             for (h, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: the masked load reads bytes `96 t + 48 h .. + 48` only (masked-out
                 // bytes are not accessed), inside the block's `24 · groups` bytes.
@@ -488,27 +486,8 @@ mod x86 {
                 }
             }
         };
-        let spans = groups / 4;
-        let full = spans / ACC * ACC;
-        for t0 in (0..full).step_by(ACC) {
-            for a in 0..ACC {
-                step(t0 + a, a);
-            }
-        }
-        for t in full..spans {
-            step(t, 0);
-        }
-        for (q, row) in out.iter_mut().enumerate().take(Q) {
-            for (h, acc) in acc.iter().enumerate() {
-                let part = &acc[q];
-                let mut sum = part[0];
-                for p in &part[1..] {
-                    sum = _mm512_add_epi32(sum, *p);
-                }
-                // SAFETY: `row` is 32 `i32`; half `h` is `row[16 h .. 16 h + 16]`.
-                unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(16 * h).cast(), sum) };
-            }
-        }
+        rotate::<ACC>(groups / 4, step);
+        store_sums(&acc[0], &acc[1], out);
     }
 
     /// AVX2 int8-query pair (3-bit) kernel: per 24 bytes (8 vectors × 4 pairs) `pshufb` and

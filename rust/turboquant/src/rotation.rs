@@ -61,7 +61,7 @@ const FUSED_GATHER_BLOCK: usize = 1024;
 
 /// How the coordinates are covered by Hadamard blocks (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub enum BlockLayout {
     /// `d` is a power of two: one block.
     Single,
     /// `d = m·p`: `m` disjoint blocks, a permutation before every round but the first.
@@ -70,18 +70,18 @@ pub enum Layout {
     Overlapping,
 }
 
-impl Layout {
+impl BlockLayout {
     /// The layout and block size for `dim ≥ 1`.
-    fn for_dim(dim: usize) -> (Layout, usize) {
+    fn for_dim(dim: usize) -> (BlockLayout, usize) {
         let tile = 1usize << dim.trailing_zeros();
         let count = dim / tile;
         if count == 1 {
-            (Layout::Single, dim)
+            (BlockLayout::Single, dim)
         } else if count >= 3 && tile >= MIN_TILE_SPREAD * count {
-            (Layout::Tiled, tile)
+            (BlockLayout::Tiled, tile)
         } else {
             (
-                Layout::Overlapping,
+                BlockLayout::Overlapping,
                 1 << (usize::BITS - 1 - dim.leading_zeros()),
             )
         }
@@ -92,7 +92,7 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub struct Rotation {
     dim: usize,
-    layout: Layout,
+    layout: BlockLayout,
     block: usize,
     scale: f32,
     /// Number of rounds: [`ROUNDS`] or [`LARGE_BLOCK_ROUNDS`].
@@ -129,8 +129,8 @@ impl Rotation {
         if dim == 0 {
             return Err(Error::InvalidParameter("dim must be positive".into()));
         }
-        let (layout, block) = Layout::for_dim(dim);
-        let rounds = if block >= LARGE_BLOCK || layout == Layout::Tiled {
+        let (layout, block) = BlockLayout::for_dim(dim);
+        let rounds = if block >= LARGE_BLOCK || layout == BlockLayout::Tiled {
             LARGE_BLOCK_ROUNDS
         } else {
             ROUNDS
@@ -140,9 +140,9 @@ impl Rotation {
             signs.extend(SplitMix64::new(seed, stream * 16 + r).signs(dim));
         }
         let first_permuted = match layout {
-            Layout::Single => rounds,
-            Layout::Tiled => 1,
-            Layout::Overlapping => 0,
+            BlockLayout::Single => rounds,
+            BlockLayout::Tiled => 1,
+            BlockLayout::Overlapping => 0,
         };
         let mut perms = Vec::new();
         for r in first_permuted as u64..rounds as u64 {
@@ -151,7 +151,7 @@ impl Rotation {
                 &mut SplitMix64::new(seed, stream * 16 + 8 + r),
             ));
         }
-        let gather_signs = if layout == Layout::Overlapping {
+        let gather_signs = if layout == BlockLayout::Overlapping {
             perms
                 .iter()
                 .enumerate()
@@ -195,7 +195,7 @@ impl Rotation {
     }
 
     /// How the coordinates are covered by blocks.
-    pub fn layout(&self) -> Layout {
+    pub fn layout(&self) -> BlockLayout {
         self.layout
     }
 
@@ -218,9 +218,9 @@ impl Rotation {
     /// Round `r`'s permutation (gather indices), if the round has one.
     fn round_perm(&self, r: usize) -> Option<&[u32]> {
         let slot = match self.layout {
-            Layout::Single => return None,
-            Layout::Tiled => r.checked_sub(1)?,
-            Layout::Overlapping => r,
+            BlockLayout::Single => return None,
+            BlockLayout::Tiled => r.checked_sub(1)?,
+            BlockLayout::Overlapping => r,
         };
         Some(&self.perms[slot * self.dim..(slot + 1) * self.dim])
     }
@@ -230,7 +230,7 @@ impl Rotation {
         debug_assert_eq!(x.len(), self.dim);
         let (d, p) = (self.dim, self.block);
         for r in 0..self.rounds {
-            if self.layout == Layout::Overlapping {
+            if self.layout == BlockLayout::Overlapping {
                 kernels::mul_assign(level, x, self.round_signs(r));
                 kernels::fwht_scaled(level, &mut x[..p], self.scale);
                 self.permute(x, r, false);
@@ -252,7 +252,7 @@ impl Rotation {
         debug_assert_eq!(x.len(), self.dim);
         let (d, p) = (self.dim, self.block);
         for r in (0..self.rounds).rev() {
-            if self.layout == Layout::Overlapping {
+            if self.layout == BlockLayout::Overlapping {
                 kernels::fwht_scaled(level, &mut x[d - p..], self.scale);
                 self.permute(x, r, true);
                 kernels::fwht_scaled(level, &mut x[..p], self.scale);
@@ -275,13 +275,13 @@ impl Rotation {
     pub fn apply_lanes_at(&self, level: SimdLevel, block: &mut Vec<Lanes>, spare: &mut Vec<Lanes>) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        if self.layout != Layout::Single {
+        if self.layout != BlockLayout::Single {
             spare.resize(d, [0.0; crate::simd::kernels::LANES]);
         }
         for r in 0..self.rounds {
             let signs = self.round_signs(r);
             match (self.layout, self.round_perm(r)) {
-                (Layout::Overlapping, Some(perm)) => {
+                (BlockLayout::Overlapping, Some(perm)) => {
                     lanes::fwht_lanes(level, &mut block[..p], None, self.scale, &signs[..p], &[]);
                     // The gather also applies the signs of the coordinates outside the head
                     // block. For large blocks the tail transform gathers its own rows in its
@@ -329,13 +329,13 @@ impl Rotation {
     ) {
         debug_assert_eq!(block.len(), self.dim);
         let (d, p) = (self.dim, self.block);
-        if self.layout != Layout::Single {
+        if self.layout != BlockLayout::Single {
             spare.resize(d, [0.0; crate::simd::kernels::LANES]);
         }
         for r in (0..self.rounds).rev() {
             let signs = self.round_signs(r);
             match (self.layout, self.round_perm(r)) {
-                (Layout::Overlapping, Some(perm)) => {
+                (BlockLayout::Overlapping, Some(perm)) => {
                     lanes::fwht_lanes(level, &mut block[d - p..], None, self.scale, &[], &[]);
                     let f = &self.gather_signs[r * d..(r + 1) * d];
                     lanes::scatter_lanes(level, block, perm, f, spare);
@@ -414,17 +414,17 @@ mod tests {
 
     #[test]
     fn layouts() {
-        let layout = |d| Layout::for_dim(d);
-        assert_eq!(layout(128), (Layout::Single, 128));
-        assert_eq!(layout(384), (Layout::Tiled, 128));
-        assert_eq!(layout(768), (Layout::Tiled, 256));
-        assert_eq!(layout(1536), (Layout::Tiled, 512));
-        assert_eq!(layout(1280), (Layout::Tiled, 256));
+        let layout = |d| BlockLayout::for_dim(d);
+        assert_eq!(layout(128), (BlockLayout::Single, 128));
+        assert_eq!(layout(384), (BlockLayout::Tiled, 128));
+        assert_eq!(layout(768), (BlockLayout::Tiled, 256));
+        assert_eq!(layout(1536), (BlockLayout::Tiled, 512));
+        assert_eq!(layout(1280), (BlockLayout::Tiled, 256));
         // too few coordinates per tile after the first round: overlapping blocks
-        assert_eq!(layout(320), (Layout::Overlapping, 256));
-        assert_eq!(layout(96), (Layout::Overlapping, 64));
-        assert_eq!(layout(1000), (Layout::Overlapping, 512));
-        assert_eq!(layout(2), (Layout::Single, 2));
+        assert_eq!(layout(320), (BlockLayout::Overlapping, 256));
+        assert_eq!(layout(96), (BlockLayout::Overlapping, 64));
+        assert_eq!(layout(1000), (BlockLayout::Overlapping, 512));
+        assert_eq!(layout(2), (BlockLayout::Single, 2));
         assert_eq!(
             Rotation::new(1536, 0, 0).unwrap().rounds(),
             LARGE_BLOCK_ROUNDS

@@ -104,31 +104,20 @@ pub fn block_sums_multi(
     let n = layout.lut_bytes();
     #[cfg(target_arch = "x86_64")]
     if level.supported() == SimdLevel::Avx512 && x86::has_vbmi_vnni() {
-        /// Calls `$kernel::<Q, …>` with the tables as a `[&[u8]; Q]` of `n` bytes each.
+        /// Calls `$kernel::<Q, ACC>` for `Q = luts.len()` with the tables as a `[&[u8]; Q]` of
+        /// `n` bytes each, `ACC` accumulators per query as listed (`Q => ACC`).
         macro_rules! by_count {
-            ($kernel:ident, $groups:expr, [$($extra:tt)*]) => {
-                match luts {
-                    [a] => x86::$kernel::<1 $($extra)*>(block, [&a[..n]], $groups, out),
-                    [a, b] => x86::$kernel::<2 $($extra)*>(block, [&a[..n], &b[..n]], $groups, out),
-                    [a, b, c] => x86::$kernel::<3 $($extra)*>(block, [&a[..n], &b[..n], &c[..n]], $groups, out),
-                    [a, b, c, d] => x86::$kernel::<4 $($extra)*>(block, [&a[..n], &b[..n], &c[..n], &d[..n]], $groups, out),
+            ($kernel:ident, $groups:expr, $($q:literal => $acc:literal),*) => {
+                match luts.len() {
+                    $($q => x86::$kernel::<$q, $acc>(block, std::array::from_fn(|i| &luts[i][..n]), $groups, out),)*
                     _ => {}
                 }
             };
         }
-        /// `by_count` for up to [`MULTI`] queries (the int8-query kernel).
+        /// The int8 kernels: few queries need several accumulators to hide the latency.
         macro_rules! by_count8 {
             ($kernel:ident, $groups:expr) => {
-                match luts {
-                    [_] => by_count!($kernel, $groups, [, 4]),
-                    [_, _] => by_count!($kernel, $groups, [, 2]),
-                    [_, _, _] | [_, _, _, _] => by_count!($kernel, $groups, [, 1]),
-                    [a, b, c, d, e] => x86::$kernel::<5, 1>(block, [a, b, c, d, e].map(|t| &t[..n]), $groups, out),
-                    [a, b, c, d, e, f] => x86::$kernel::<6, 1>(block, [a, b, c, d, e, f].map(|t| &t[..n]), $groups, out),
-                    [a, b, c, d, e, f, g] => x86::$kernel::<7, 1>(block, [a, b, c, d, e, f, g].map(|t| &t[..n]), $groups, out),
-                    [a, b, c, d, e, f, g, h] => x86::$kernel::<8, 1>(block, [a, b, c, d, e, f, g, h].map(|t| &t[..n]), $groups, out),
-                    _ => {}
-                }
+                by_count!($kernel, $groups, 1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
             };
         }
         match *layout {
@@ -138,14 +127,9 @@ pub fn block_sums_multi(
                 by_count8!(int8_vnni, groups);
                 return;
             },
-
             // SAFETY: as above.
             Layout::Nibble { groups, .. } => unsafe {
-                match luts.len() {
-                    1 => by_count!(nibble_vnni, groups, [, 4]),
-                    4 => by_count!(nibble_vnni, groups, [, 1]),
-                    _ => by_count!(nibble_vnni, groups, [, 2]),
-                }
+                by_count!(nibble_vnni, groups, 1 => 4, 2 => 2, 3 => 2, 4 => 1);
                 return;
             },
             // SAFETY: as above.

@@ -140,12 +140,41 @@ pub fn block_sums_multi(
             Layout::Rows { .. } => {}
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if level.supported() >= SimdLevel::Avx2 && layout.int8_query() {
+        let groups = layout.groups();
+        for (luts, out) in luts.chunks(AVX2_MULTI).zip(out.chunks_mut(AVX2_MULTI)) {
+            /// Calls `$kernel::<Q>` for `Q = luts.len()` with tables of `n` bytes.
+            macro_rules! by_count {
+                ($kernel:ident, $($q:literal),*) => {
+                    match luts.len() {
+                        $($q => x86::$kernel::<$q>(block, std::array::from_fn(|i| &luts[i][..n]), groups, out),)*
+                        _ => {}
+                    }
+                };
+            }
+            // SAFETY: AVX2 was detected (`supported`); `block` and each table are sliced to
+            // the layout's sizes and `out` has one row per table.
+            unsafe {
+                match layout {
+                    Layout::Pair { .. } => by_count!(pair_int8_avx2, 1, 2, 3, 4),
+                    _ => by_count!(int8_avx2, 1, 2, 3, 4),
+                }
+            }
+        }
+        return;
+    }
     for (lut, row) in luts.iter().zip(out.iter_mut()) {
         fallback_sums(level, layout, block, &lut[..n], row);
     }
 }
 
-/// [`block_sums`] without AVX-512 VBMI: the AVX2 kernels or the portable body.
+/// Queries per pass of the AVX2 int8 kernels (their accumulators fill the 16 `ymm` registers).
+#[cfg(target_arch = "x86_64")]
+const AVX2_MULTI: usize = 4;
+
+/// [`block_sums`] of one lookup-table query without AVX-512 VBMI: the AVX2 kernel or the
+/// portable body (int8 queries without AVX2 also land here).
 fn fallback_sums(
     level: SimdLevel,
     layout: &Layout,
@@ -157,19 +186,10 @@ fn fallback_sums(
     if level.supported() >= SimdLevel::Avx2 {
         match *layout {
             // SAFETY: AVX2 was detected (`supported`); the slices hold `groups` groups.
-            Layout::Nibble { groups, bits: 4 } => {
-                return unsafe { x86::int8_avx2(block, lut, groups, out) }
-            }
-
-            // SAFETY: as above.
-            Layout::Nibble { groups, .. } => {
+            Layout::Nibble { groups, .. } if !layout.int8_query() => {
                 return unsafe { x86::nibble_avx2(block, lut, groups, out) }
             }
-            // SAFETY: as above.
-            Layout::Pair { groups } => {
-                return unsafe { x86::pair_int8_avx2(block, lut, groups, out) }
-            }
-            Layout::Rows { .. } => {}
+            _ => {}
         }
     }
     portable_sums(level, layout, block, lut, out)
@@ -365,46 +385,56 @@ mod x86 {
         store_sums(&lo, &hi, out);
     }
 
-    /// AVX2 int8-query kernel: half a quad (8 vectors' bytes) per register; `pshufb` maps
-    /// nibbles to levels, `pmaddubsw` multiplies them by the query's `i8` (levels ≤ 127, so
-    /// a pair of products cannot saturate the `i16`) and `pmaddwd` adds each vector's 4.
+    /// AVX2 int8-query kernel for `Q ≤ 4` queries at once: half a quad (8 vectors' bytes) per
+    /// register; `pshufb` maps nibbles to levels once for all queries, `pmaddubsw` multiplies them by each query's `i8` (levels ≤ 127, so a
+    /// pair of products cannot saturate the `i16`) and `pmaddwd` adds each vector's 4.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `block` holds `16 · groups` bytes, `lut`
-    /// `LEVEL_TABLE + groups`, `groups` a multiple of 4.
+    /// The CPU must support AVX2; `block` holds `16 · groups` bytes, every `luts[q]`
+    /// `LEVEL_TABLE + groups`, `groups` a multiple of 4, and `out` has `Q` rows.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn int8_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
+    pub unsafe fn int8_avx2<const Q: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[i32; BLOCK]],
+    ) {
         let mask = _mm256_set1_epi8(0x0F);
         let ones16 = _mm256_set1_epi16(1);
-        // SAFETY: the table opens with 64 level bytes; the first 16 are the levels.
-        let levels = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lut.as_ptr().cast()) });
-        let z = _mm256_setzero_si256();
-        let mut acc = [z; 4]; // vectors 0..8, 8..16 (low nibbles), 16..24, 24..32 (high)
+        // SAFETY: every table opens with 64 level bytes (shared by all queries); the first 16
+        // are the levels.
+        let levels =
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(luts[0].as_ptr().cast()) });
+        // per query: vectors 0..8, 8..16 (low nibbles), 16..24, 24..32 (high)
+        let mut acc = [[_mm256_setzero_si256(); 4]; Q];
         for c in 0..groups / 4 {
-            // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ lut.len()` (caller's contract).
-            let w = _mm256_set1_epi32(unsafe {
-                lut.as_ptr()
-                    .add(LEVEL_TABLE + 4 * c)
-                    .cast::<i32>()
-                    .read_unaligned()
-            });
             for h in 0..2 {
                 // SAFETY: `64 c + 32 h + 32 ≤ 16 · groups` (caller's contract).
                 let x = unsafe { _mm256_loadu_si256(block.as_ptr().add(64 * c + 32 * h).cast()) };
-                let nibbles = [
-                    _mm256_and_si256(x, mask),
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
-                ];
-                for (n, idx) in nibbles.into_iter().enumerate() {
-                    let v = _mm256_shuffle_epi8(levels, idx);
-                    let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(v, w), ones16);
-                    acc[2 * n + h] = _mm256_add_epi32(acc[2 * n + h], sum);
+                let vl = _mm256_shuffle_epi8(levels, _mm256_and_si256(x, mask));
+                let vh =
+                    _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask));
+                for q in 0..Q {
+                    // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ luts[q].len()` (caller's contract).
+                    let w = _mm256_set1_epi32(unsafe {
+                        luts[q]
+                            .as_ptr()
+                            .add(LEVEL_TABLE + 4 * c)
+                            .cast::<i32>()
+                            .read_unaligned()
+                    });
+                    let sl = _mm256_madd_epi16(_mm256_maddubs_epi16(vl, w), ones16);
+                    let sh = _mm256_madd_epi16(_mm256_maddubs_epi16(vh, w), ones16);
+                    acc[q][h] = _mm256_add_epi32(acc[q][h], sl);
+                    acc[q][2 + h] = _mm256_add_epi32(acc[q][2 + h], sh);
                 }
             }
         }
-        for (i, a) in acc.into_iter().enumerate() {
-            // SAFETY: `out` has 32 `i32`; chunk `i` is `out[8 i .. 8 i + 8]`.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
+        for (row, acc) in out.iter_mut().zip(&acc) {
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: `row` has 32 `i32`; chunk `i` is `row[8 i .. 8 i + 8]`.
+                unsafe { _mm256_storeu_si256(row.as_mut_ptr().add(8 * i).cast(), *a) };
+            }
         }
     }
 
@@ -474,16 +504,22 @@ mod x86 {
         store_sums(&acc[0], &acc[1], out);
     }
 
-    /// AVX2 int8-query pair (3-bit) kernel: per 24 bytes (8 vectors × 4 pairs) `pshufb` and
-    /// shifts cut the 32 6-bit codes out, `pshufb` on the 8 levels maps each code's first and
-    /// second coordinate, and `pmaddubsw` (levels ≤ 127: no saturation) + `pmaddwd` add
-    /// `level · q` into each vector's lane.
+    /// AVX2 int8-query pair (3-bit) kernel for `Q ≤ 4` queries at once: per 24 bytes (8
+    /// vectors × 4 pairs) `pshufb` and shifts cut the 32 6-bit codes out and `pshufb` on the 8
+    /// levels maps each code's first and second coordinate, once for all queries; then per
+    /// query `pmaddubsw` (levels ≤ 127: no saturation) + `pmaddwd` add `level · q` into each
+    /// vector's lane. One 8-vector part of the block after the other.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `block` holds `24 · groups` bytes, `lut`
-    /// `2 · LEVEL_TABLE + 2 · groups`, `groups` a multiple of 4.
+    /// The CPU must support AVX2; `block` holds `24 · groups` bytes, every `luts[q]`
+    /// `2 · LEVEL_TABLE + 2 · groups`, `groups` a multiple of 4, and `out` has `Q` rows.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn pair_int8_avx2(block: &[u8], lut: &[u8], groups: usize, out: &mut [i32; BLOCK]) {
+    pub unsafe fn pair_int8_avx2<const Q: usize>(
+        block: &[u8],
+        luts: [&[u8]; Q],
+        groups: usize,
+        out: &mut [[i32; BLOCK]],
+    ) {
         // Dword i of lane 0 takes bytes 3i..3i+3 of the 24 bytes; lane 1 is loaded from byte 8
         // and takes bytes 4 + 3i.. (bytes 12 + 3i of the 24).
         let gather = _mm256_setr_epi8(
@@ -500,19 +536,13 @@ mod x86 {
         );
         let seven = _mm256_set1_epi8(7);
         let ones16 = _mm256_set1_epi16(1);
-        // SAFETY: the table opens with the first-coordinate levels, `level[i mod 8]`.
-        let levels = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lut.as_ptr().cast()) });
-        let mut acc = [_mm256_setzero_si256(); 4]; // vectors 0..8, 8..16, 16..24, 24..32
-        for t in 0..groups / 4 {
-            // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of the table, in bounds.
-            let (wa, wb) = unsafe {
-                let p = lut.as_ptr().add(2 * LEVEL_TABLE + 8 * t);
-                (
-                    _mm256_set1_epi32(p.cast::<i32>().read_unaligned()),
-                    _mm256_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
-                )
-            };
-            for (part, a) in acc.iter_mut().enumerate() {
+        // SAFETY: every table opens with the first-coordinate levels, `level[i mod 8]`,
+        // shared by all queries.
+        let levels =
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(luts[0].as_ptr().cast()) });
+        for part in 0..4 {
+            let mut acc = [_mm256_setzero_si256(); Q]; // vectors 8 part .. 8 part + 8
+            for t in 0..groups / 4 {
                 // SAFETY: bytes `96 t + 24 part .. + 24` are in the block; both 16-byte loads
                 // (from `+ 0` and `+ 8`) stay inside them.
                 let x = unsafe {
@@ -532,14 +562,24 @@ mod x86 {
                 let la = _mm256_shuffle_epi8(levels, _mm256_and_si256(c, seven));
                 let lb =
                     _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16::<3>(c), seven));
-                let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(la, wa), ones16);
-                let sb = _mm256_madd_epi16(_mm256_maddubs_epi16(lb, wb), ones16);
-                *a = _mm256_add_epi32(*a, _mm256_add_epi32(sa, sb));
+                for q in 0..Q {
+                    // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
+                    let (wa, wb) = unsafe {
+                        let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
+                        (
+                            _mm256_set1_epi32(p.cast::<i32>().read_unaligned()),
+                            _mm256_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
+                        )
+                    };
+                    let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(la, wa), ones16);
+                    let sb = _mm256_madd_epi16(_mm256_maddubs_epi16(lb, wb), ones16);
+                    acc[q] = _mm256_add_epi32(acc[q], _mm256_add_epi32(sa, sb));
+                }
             }
-        }
-        for (i, a) in acc.into_iter().enumerate() {
-            // SAFETY: `out` has 32 `i32`; chunk `i` is `out[8 i .. 8 i + 8]`.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), a) };
+            for (row, a) in out.iter_mut().zip(acc) {
+                // SAFETY: `row` has 32 `i32`; `8 part + 8 ≤ 32`.
+                unsafe { _mm256_storeu_si256(row.as_mut_ptr().add(8 * part).cast(), a) };
+            }
         }
     }
 }

@@ -7,15 +7,17 @@
 //! `proj` 0.9524 / 0.8321 at 4 / 2 bits against 0.9513 / 0.8244 with the least-squares scale,
 //! so `proj` it is. A query is rotated once and `⟨R q, ĉ⟩` is a sum of per-group table entries.
 //!
-//! **Fast scan** (`b ≤ 4`). The tables are quantized to `u8` per query (one step `delta`, one
-//! offset per group, [`layout::QueryTables`]) and every code is scored by in-register table
-//! lookups over blocks of 32 vectors ([`layout`], [`fastscan`]), up to 4 queries per pass over
-//! a block. The scan keeps the best [`index::REFINE_FACTOR`]` · k` by the `u8` scores and
-//! re-scores them from their codes with the `f32` tables: on wiki-MiniLM this reproduces the
-//! top-10 of an exhaustive `f32`-table scan exactly (agreement 1.0000 at 2 and 4 bits, a test
-//! holds it ≥ 0.99). Every live code is scored; there is no coarse shortlist. `b ≥ 5` scans the
-//! canonical rows with `f32` tables. Per-thread top-k lists are merged exactly (ties broken by
-//! insertion order), so results do not depend on the thread count or SIMD level.
+//! **Fast scan** (`b ≤ 4`). Every code is scored in integers over blocks of 32 vectors
+//! ([`layout`], [`fastscan`]), with the code decoding shared by up to 8 queries per pass. At
+//! 3 and 4 bits the query is rounded to `i8` and multiplied into the codes' 7-bit centroid
+//! levels (one `vpdpbusd` per 64 codes and query); at 1 and 2 bits the per-group tables are
+//! quantized to `u8` per query and looked up in registers ([`layout::QueryTables`] has both
+//! forms). The scan keeps the best [`index::REFINE_FACTOR`]` · k` by the integer scores and
+//! re-scores them from their codes in `f32`: on wiki-MiniLM this reproduces the top-10 of an
+//! exhaustive `f32` scan (a test holds agreement ≥ 0.99). Every live code is scored; there is
+//! no coarse shortlist. `b ≥ 5` scans the canonical rows with `f32` tables. Per-thread top-k
+//! lists are merged exactly (ties broken by insertion order), so results do not depend on the
+//! thread count or SIMD level.
 //!
 //! **Metrics.** `ip`; `cosine` (vectors and queries normalized); `l2` as
 //! `‖q‖² + ‖x‖² − 2⟨q, x⟩` with a stored `‖x‖²` per vector (4 bytes, counted).

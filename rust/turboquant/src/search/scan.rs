@@ -24,7 +24,7 @@ pub struct Scan<'a> {
     pub allowed: Option<&'a [u64]>,
     /// SIMD level.
     pub level: SimdLevel,
-    /// Score with `f32` arithmetic instead of the `u8` tables (reference scan).
+    /// Score with `f32` arithmetic instead of the integer kernels (reference scan).
     pub float_tables: bool,
     /// Hits kept per query.
     pub keep: usize,

@@ -5,11 +5,12 @@
 //! 2-bit nibble layouts `Σ_g lut[g][code_g]` over `u8` lookup tables. The scalar reference is
 //! [`portable_sums`]; the SIMD versions compute the same integers:
 //!
-//! - int8 query, 4-bit nibbles, AVX-512 VBMI + VNNI: per quad, two `vpermb` turn the 128 nibbles into levels
-//!   once for all queries of the pass, then one `vpdpbusd` per 64 codes and query multiplies
-//!   them by the query's 4 coordinates (a broadcast dword) and adds into each vector's lane;
-//!   AVX2: `pshufb` levels, `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`;
-//! - nibble, AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
+//! - int8 query, 4-bit nibbles, AVX-512 VBMI + VNNI: per quad, two `vpermb` turn the 128
+//!   nibbles into levels once for all queries of the pass (up to 8), then one `vpdpbusd` per 64
+//!   codes and query multiplies them by the query's 4 coordinates (a broadcast dword) and adds
+//!   into each vector's lane; AVX2 (decoding shared by up to 4 queries): `pshufb` levels,
+//!   `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`;
+//! - lookup-table nibbles (1 and 2 bits), AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
 //!   in four in-register 16-entry tables, `vpdpbusd` adds each vector's four entries into a
 //!   `i32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
 //!   (`_mm256_shuffle_epi8`) per table with the other tables' bytes masked, then
@@ -102,63 +103,52 @@ pub fn block_sums_multi(
     }
     let block = &block[..layout.block_bytes()];
     let n = layout.lut_bytes();
+    /// Calls `x86::$kernel::<Q>` (or `<Q, ACC>` where the list gives `Q => ACC`) for
+    /// `Q = $luts.len()`, with the tables as a `[&[u8]; Q]` of `n` bytes each.
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! by_count {
+        ($kernel:ident, $luts:expr, $out:expr, $($q:literal $(=> $acc:literal)?),*) => {
+            match $luts.len() {
+                $($q => x86::$kernel::<$q $(, $acc)?>(
+                    block,
+                    std::array::from_fn(|i| &$luts[i][..n]),
+                    layout.groups(),
+                    $out,
+                ),)*
+                _ => {}
+            }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if level.supported() == SimdLevel::Avx512 && x86::has_vbmi_vnni() {
-        /// Calls `$kernel::<Q, ACC>` for `Q = luts.len()` with the tables as a `[&[u8]; Q]` of
-        /// `n` bytes each, `ACC` accumulators per query as listed (`Q => ACC`).
-        macro_rules! by_count {
-            ($kernel:ident, $groups:expr, $($q:literal => $acc:literal),*) => {
-                match luts.len() {
-                    $($q => x86::$kernel::<$q, $acc>(block, std::array::from_fn(|i| &luts[i][..n]), $groups, out),)*
-                    _ => {}
-                }
-            };
-        }
         /// The int8 kernels: few queries need several accumulators to hide the latency.
         macro_rules! by_count8 {
-            ($kernel:ident, $groups:expr) => {
-                by_count!($kernel, $groups, 1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
+            ($kernel:ident) => {
+                by_count!($kernel, luts, out, 1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
             };
         }
-        match *layout {
-            // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are
-            // sliced to the layout's sizes and `out` has one row per table.
-            Layout::Nibble { groups, bits: 4 } => unsafe {
-                by_count8!(int8_vnni, groups);
-                return;
-            },
-            // SAFETY: as above.
-            Layout::Nibble { groups, .. } => unsafe {
-                by_count!(nibble_vnni, groups, 1 => 4, 2 => 2, 3 => 2, 4 => 1);
-                return;
-            },
-            // SAFETY: as above.
-            Layout::Pair { groups } => unsafe {
-                by_count8!(pair_int8_vnni, groups);
-                return;
-            },
-            Layout::Rows { .. } => {}
+        // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are sliced
+        // to the layout's sizes and `out` has one row per table.
+        unsafe {
+            match *layout {
+                Layout::Nibble { bits: 4, .. } => return by_count8!(int8_vnni),
+                Layout::Nibble { .. } => {
+                    return by_count!(nibble_vnni, luts, out, 1 => 4, 2 => 2, 3 => 2, 4 => 1)
+                }
+                Layout::Pair { .. } => return by_count8!(pair_int8_vnni),
+                Layout::Rows { .. } => {}
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
     if level.supported() >= SimdLevel::Avx2 && layout.int8_query() {
-        let groups = layout.groups();
         for (luts, out) in luts.chunks(AVX2_MULTI).zip(out.chunks_mut(AVX2_MULTI)) {
-            /// Calls `$kernel::<Q>` for `Q = luts.len()` with tables of `n` bytes.
-            macro_rules! by_count {
-                ($kernel:ident, $($q:literal),*) => {
-                    match luts.len() {
-                        $($q => x86::$kernel::<$q>(block, std::array::from_fn(|i| &luts[i][..n]), groups, out),)*
-                        _ => {}
-                    }
-                };
-            }
             // SAFETY: AVX2 was detected (`supported`); `block` and each table are sliced to
             // the layout's sizes and `out` has one row per table.
             unsafe {
                 match layout {
-                    Layout::Pair { .. } => by_count!(pair_int8_avx2, 1, 2, 3, 4),
-                    _ => by_count!(int8_avx2, 1, 2, 3, 4),
+                    Layout::Pair { .. } => by_count!(pair_int8_avx2, luts, out, 1, 2, 3, 4),
+                    _ => by_count!(int8_avx2, luts, out, 1, 2, 3, 4),
                 }
             }
         }

@@ -14,10 +14,6 @@
 //!   bytes of centroid levels (the 16 levels `0..=127`, repeated 4 times, so that a lookup may
 //!   ignore index bits 4 and 5), then one `i8` per coordinate (the quantized rotated query,
 //!   zero on padding).
-//!
-//! An int8 query ([`Layout::int8_query`]: 3 and 4 bits) is scored by multiplying each code's
-//! centroid level by the query's `i8` coordinate: one multiply-add per code and query instead of
-//! a table lookup and an add, with the code decoding shared by every query of a pass.
 //! - **Pair** (`b = 3`, `w = 6`: 2 coordinates per group; groups padded to a multiple of 4):
 //!   groups `4t .. 4t + 4` (coordinates `8t .. 8t + 8`) form span `t`, two 48-byte steps at
 //!   `[96t + 48h, 96t + 48h + 48)` for the vector halves `h = 0, 1`. A step is a bit stream of
@@ -28,6 +24,10 @@
 //!   its odd ones, so that one dword multiplies the first coordinates of a vector's 4 groups.
 //! - **Rows** (`b ≥ 5`): the canonical rows themselves, 32 back to back per block; scored with
 //!   `f32` per-coordinate tables.
+//!
+//! An int8 query ([`Layout::int8_query`]: 3 and 4 bits) is scored by multiplying each code's
+//! centroid level by the query's `i8` coordinate: one multiply-add per code and query instead of
+//! a table lookup and an add, with the code decoding shared by every query of a pass.
 //!
 //! A block's unused slots (past the last vector) are zero codes and are never reported.
 
@@ -281,7 +281,7 @@ impl QueryTables {
             };
         }
         if layout.int8_query() {
-            return int8_query(layout, rq, centroids);
+            return int8_tables(layout, rq, centroids);
         }
         let size = 1usize << w;
         let float = group_tables(layout, &rq, centroids, bits);
@@ -298,14 +298,7 @@ impl QueryTables {
     /// `⟨rq, ĉ⟩` for vector `v` of a group-layout `block`, in `f32` without the integer
     /// scan's rounding (four running sums by coordinate mod 4: one running sum is a chain of
     /// dependent adds).
-    pub fn exact_score(
-        &self,
-        layout: &Layout,
-        block: &[u8],
-        v: usize,
-        centroids: &[f32],
-        bits: u8,
-    ) -> f32 {
+    pub fn exact_score(&self, layout: &Layout, block: &[u8], v: usize, centroids: &[f32]) -> f32 {
         let mut acc = [0.0f32; 4];
         if matches!(layout, Layout::Nibble { bits: 4, .. }) {
             // 4 bits: vector v's codes of quad c are the nibbles of the little-endian u32 at
@@ -320,8 +313,7 @@ impl QueryTables {
             }
         } else {
             // a group code holds `per` codes of `b` bits, coordinate g·per + u at bit u·b
-            let b = bits as usize;
-            let per = layout.group_bits() / b;
+            let (b, per) = (layout.code_bits(), layout.coords_per_group());
             let mask = (1usize << b) - 1;
             for (g, rq) in self.rq.chunks(per).enumerate() {
                 let t = layout.group_code(block, v, g);
@@ -348,7 +340,7 @@ impl QueryTables {
 }
 
 /// The int8 query of `rq` (see [`QueryTables`] and the module doc).
-fn int8_query(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables {
+fn int8_tables(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables {
     let lo = centroids[0];
     let hi = centroids[centroids.len() - 1];
     let step = if hi > lo { (hi - lo) / MAX_LEVEL } else { 1.0 };

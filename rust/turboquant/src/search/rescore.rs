@@ -13,12 +13,12 @@ impl Index {
     pub(super) fn refine_hits(&self, t: &QueryTables, hits: Vec<Hit>, k: usize) -> Vec<Hit> {
         let bb = self.layout.block_bytes();
         let codes = self.codes.as_slice();
-        let (centroids, bits) = (self.quantizer.codebook().centroids(), self.quantizer.bits());
+        let centroids = self.quantizer.codebook().centroids();
         let mut top = TopK::new(k);
         for h in hits {
             let b = h.slot / BLOCK;
             let block = &codes[b * bb..(b + 1) * bb];
-            let est = t.exact_score(&self.layout, block, h.slot % BLOCK, centroids, bits);
+            let est = t.exact_score(&self.layout, block, h.slot % BLOCK, centroids);
             let bias = self.biases.get(h.slot).copied().unwrap_or(0.0);
             let score = self.scales[h.slot] * est + bias;
             top.push(Hit {

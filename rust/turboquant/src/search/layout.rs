@@ -299,29 +299,24 @@ impl QueryTables {
     /// scan's rounding (four running sums by coordinate mod 4: one running sum is a chain of
     /// dependent adds).
     pub fn exact_score(&self, layout: &Layout, block: &[u8], v: usize, centroids: &[f32]) -> f32 {
-        let mut acc = [0.0f32; 4];
-        if matches!(layout, Layout::Nibble { bits: 4, .. }) {
-            // 4 bits: vector v's codes of quad c are the nibbles of the little-endian u32 at
-            // byte 64·c + 4·(v mod 16), low or high half of each byte by v / 16
-            let (at, shift) = (4 * (v % 16), 4 * (v / 16));
-            for (c, rq) in self.rq.chunks(4).enumerate() {
-                let b = &block[64 * c + at..64 * c + at + 4];
-                let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> shift;
-                for (u, &r) in rq.iter().enumerate() {
-                    acc[u] += r * centroids[((w >> (8 * u)) & 15) as usize];
+        let acc = match *layout {
+            Layout::Nibble { bits: 1, .. } => nibble_score::<1>(&self.rq, block, v, centroids),
+            Layout::Nibble { bits: 2, .. } => nibble_score::<2>(&self.rq, block, v, centroids),
+            Layout::Nibble { .. } => nibble_score::<4>(&self.rq, block, v, centroids),
+            _ => {
+                // a group code holds `per` codes of `b` bits, coordinate g·per + u at bit u·b
+                let (b, per) = (layout.code_bits(), layout.coords_per_group());
+                let mask = (1usize << b) - 1;
+                let mut acc = [0.0f32; 4];
+                for (g, rq) in self.rq.chunks(per).enumerate() {
+                    let t = layout.group_code(block, v, g);
+                    for (u, &r) in rq.iter().enumerate() {
+                        acc[(g * per + u) % 4] += r * centroids[(t >> (u * b)) & mask];
+                    }
                 }
+                acc
             }
-        } else {
-            // a group code holds `per` codes of `b` bits, coordinate g·per + u at bit u·b
-            let (b, per) = (layout.code_bits(), layout.coords_per_group());
-            let mask = (1usize << b) - 1;
-            for (g, rq) in self.rq.chunks(per).enumerate() {
-                let t = layout.group_code(block, v, g);
-                for (u, &r) in rq.iter().enumerate() {
-                    acc[(g * per + u) % 4] += r * centroids[(t >> (u * b)) & mask];
-                }
-            }
-        }
+        };
         (acc[0] + acc[1]) + (acc[2] + acc[3])
     }
 
@@ -337,6 +332,40 @@ impl QueryTables {
             _ => group_tables(layout, &self.rq, centroids, bits),
         }
     }
+}
+
+/// [`QueryTables::exact_score`] for a nibble layout of `B` bits per code: four running sums,
+/// by coordinate mod 4. Vector `v`'s 4 group codes of quad `c` are the nibbles of the
+/// little-endian `u32` at byte `64 c + 4 (v mod 16)` ([`nibble_byte`]), the low or high half of
+/// each byte by `v / 16`; coordinate `u` of the quad sits at bit `8 (u / per) + B (u mod per)`
+/// of that word (`per = 4 / B` coordinates per group).
+fn nibble_score<const B: usize>(rq: &[f32], block: &[u8], v: usize, centroids: &[f32]) -> [f32; 4] {
+    let per = 4 / B;
+    let mask = (1u32 << B) - 1;
+    let (at, shift) = (nibble_byte(v, 0), 4 * (v / 16));
+    let word = |c: usize| {
+        let w = &block[64 * c + at..64 * c + at + 4];
+        u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> shift
+    };
+    let code = |w: u32, u: usize| ((w >> (8 * (u / per) + B * (u % per))) & mask) as usize;
+    let mut acc = [0.0f32; 4];
+    let quads = rq.chunks_exact(4 * per);
+    let (tail, last) = (quads.remainder(), rq.len() / (4 * per));
+    for (c, rq) in quads.enumerate() {
+        let w = word(c);
+        for (i, r4) in rq.chunks_exact(4).enumerate() {
+            for (k, (a, &r)) in acc.iter_mut().zip(r4).enumerate() {
+                *a += r * centroids[code(w, 4 * i + k)];
+            }
+        }
+    }
+    if !tail.is_empty() {
+        let w = word(last);
+        for (u, &r) in tail.iter().enumerate() {
+            acc[u % 4] += r * centroids[code(w, u)];
+        }
+    }
+    acc
 }
 
 /// The int8 query of `rq` (see [`QueryTables`] and the module doc).
@@ -457,6 +486,54 @@ mod tests {
                 for g in 0..layout.groups() {
                     assert_eq!(layout.group_code(&block, v, g), stream_bits(row, w * g, w));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn exact_score_reads_each_vectors_codes() {
+        for (dim, bits) in [
+            (7usize, 1u8),
+            (9, 2),
+            (40, 2),
+            (10, 3),
+            (13, 4),
+            (64, 3),
+            (33, 4),
+        ] {
+            let layout = Layout::new(dim, bits);
+            let centroids: Vec<f32> = (0..1 << bits).map(|c| c as f32 * 0.75 - 1.3).collect();
+            let rq: Vec<f32> = (0..dim)
+                .map(|j| ((j * 37 % 11) as f32 - 5.0) / 7.0)
+                .collect();
+            let t = QueryTables {
+                rq: rq.clone(),
+                ..Default::default()
+            };
+            let mut block = vec![0u8; layout.block_bytes()];
+            let codes: Vec<Vec<u8>> = (0..BLOCK)
+                .map(|v| {
+                    (0..dim)
+                        .map(|j| ((v * 5 + j * j) % (1 << bits)) as u8)
+                        .collect()
+                })
+                .collect();
+            for (v, c) in codes.iter().enumerate() {
+                let mut row = vec![0u8; row_bytes(dim, bits)];
+                pack_row(c, bits, &mut row);
+                layout.put(&mut block, v, &row);
+            }
+            for (v, c) in codes.iter().enumerate() {
+                let want: f32 = rq
+                    .iter()
+                    .zip(c)
+                    .map(|(r, &k)| r * centroids[k as usize])
+                    .sum();
+                let got = t.exact_score(&layout, &block, v, &centroids);
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "d={dim} b={bits} v={v}: {got} vs {want}"
+                );
             }
         }
     }

@@ -49,13 +49,14 @@ impl Scan<'_> {
         if self.index.layout.group_bits() > 0 && !self.float_tables {
             let mut sums = [[0i32; BLOCK]; MULTI];
             let per = queries_per_pass(&self.index.layout);
+            let luts: Vec<&[u8]> = tables.iter().map(|t| &t.lut[..]).collect();
             for t0 in blocks.clone().step_by(TILE_BLOCKS) {
                 let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
-                for (group, tops) in tables.chunks(per).zip(tops.chunks_mut(per)) {
-                    let luts: Vec<&[u8]> = group.iter().map(|t| &t.lut[..]).collect();
+                let passes = tables.chunks(per).zip(luts.chunks(per));
+                for ((group, luts), tops) in passes.zip(tops.chunks_mut(per)) {
                     for view in tile.clone().filter_map(|b| self.block(b)) {
                         let sums = &mut sums[..group.len()];
-                        block_sums_multi(self.level, &self.index.layout, view.codes, &luts, sums);
+                        block_sums_multi(self.level, &self.index.layout, view.codes, luts, sums);
                         for ((t, top), s) in group.iter().zip(tops.iter_mut()).zip(sums.iter()) {
                             let hits = keys_from_sums(
                                 self.level,

@@ -14,6 +14,7 @@ use crate::simd::{active_level, kernels, SimdLevel};
 use half::f16;
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 /// Id reported for an empty result position (fewer than `k` vectors matched).
 pub const NO_ID: u64 = u64::MAX;
@@ -514,46 +515,15 @@ impl Index {
             keep,
         };
         let nblocks = n.div_ceil(BLOCK);
-        let threads = if exec == Exec::Inline {
-            1
-        } else {
-            parallel::num_threads().max(1)
-        };
-        let q_chunk = nq.div_ceil(threads).max(1);
-        let b_parts = threads
-            .div_ceil(nq.div_ceil(q_chunk))
-            .clamp(1, nblocks.max(1));
-        let b_chunk = nblocks.div_ceil(b_parts).max(1);
-        let tasks: Vec<(usize, usize)> = (0..nq.div_ceil(q_chunk))
-            .flat_map(|qc| (0..b_parts).map(move |bp| (qc, bp)))
-            .collect();
-        let task = |&(qc, bp): &(usize, usize)| {
-            let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
-            let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
-            scan.run(qs, bs)
-        };
-        let parts: Vec<Vec<TopK>> = match exec {
-            Exec::Inline => tasks.iter().map(task).collect(),
-            Exec::Pool => tasks.par_iter().map(task).collect(),
-            Exec::Split => {
-                let mut parts: Vec<Vec<TopK>> = tasks.iter().map(|_| Vec::new()).collect();
-                let task = &task;
-                parallel::in_place_scope(|s| {
-                    let (mine, rest) = parts.split_at_mut(1);
-                    for (slot, t) in rest.iter_mut().zip(&tasks[1..]) {
-                        s.spawn(move |_| *slot = task(t));
-                    }
-                    mine[0] = task(&tasks[0]);
-                });
-                parts
+        let merged = match exec {
+            Exec::Inline => {
+                let mut tops = scan.tops(nq);
+                scan.run(0..nq, 0..nblocks, &mut tops);
+                tops
             }
+            Exec::Split => split_scan(&scan, nblocks),
+            Exec::Pool => pool_scan(&scan, nq, nblocks),
         };
-        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(keep)).collect();
-        for (&(qc, _), part) in tasks.iter().zip(parts) {
-            for (i, top) in part.into_iter().enumerate() {
-                merged[qc * q_chunk + i].merge(top);
-            }
-        }
         let worst = if self.metric == Metric::L2 {
             f32::INFINITY
         } else {
@@ -623,6 +593,74 @@ impl Index {
         }
         Ok(len / d)
     }
+}
+
+/// Blocks a worker of a single-query search takes at a time.
+const SPLIT_CHUNK_BLOCKS: usize = 32;
+
+/// One query's scan on the calling thread and the pool's threads at once: each takes
+/// [`SPLIT_CHUNK_BLOCKS`] blocks at a time from a shared counter, so a pool thread that wakes
+/// late (tens of microseconds from sleep) or a core busy with other work only takes fewer
+/// chunks instead of holding up a fixed share.
+fn split_scan(scan: &Scan<'_>, nblocks: usize) -> Vec<TopK> {
+    let chunks = nblocks.div_ceil(SPLIT_CHUNK_BLOCKS);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut tops = scan.tops(1);
+        loop {
+            let c = next.fetch_add(1, AtomicOrdering::Relaxed);
+            if c >= chunks {
+                return tops;
+            }
+            let blocks = c * SPLIT_CHUNK_BLOCKS..((c + 1) * SPLIT_CHUNK_BLOCKS).min(nblocks);
+            scan.run(0..1, blocks, &mut tops);
+        }
+    };
+    let helpers = parallel::num_threads().saturating_sub(1).min(chunks);
+    let mut parts: Vec<Vec<TopK>> = vec![Vec::new(); helpers];
+    let mut tops = parallel::in_place_scope(|s| {
+        for slot in parts.iter_mut() {
+            s.spawn(|_| *slot = work());
+        }
+        work()
+    });
+    for part in parts {
+        for top in part {
+            tops[0].merge(top);
+        }
+    }
+    tops
+}
+
+/// A batch's scan in the pool: the queries split evenly across the threads and, when there
+/// are fewer queries than threads, the blocks too.
+fn pool_scan(scan: &Scan<'_>, nq: usize, nblocks: usize) -> Vec<TopK> {
+    let threads = parallel::num_threads().max(1);
+    let q_chunk = nq.div_ceil(threads).max(1);
+    let b_parts = threads
+        .div_ceil(nq.div_ceil(q_chunk))
+        .clamp(1, nblocks.max(1));
+    let b_chunk = nblocks.div_ceil(b_parts).max(1);
+    let tasks: Vec<(usize, usize)> = (0..nq.div_ceil(q_chunk))
+        .flat_map(|qc| (0..b_parts).map(move |bp| (qc, bp)))
+        .collect();
+    let parts: Vec<Vec<TopK>> = tasks
+        .par_iter()
+        .map(|&(qc, bp)| {
+            let qs = qc * q_chunk..((qc + 1) * q_chunk).min(nq);
+            let bs = (bp * b_chunk).min(nblocks)..((bp + 1) * b_chunk).min(nblocks);
+            let mut tops = scan.tops(qs.len());
+            scan.run(qs, bs, &mut tops);
+            tops
+        })
+        .collect();
+    let mut merged = scan.tops(nq);
+    for (&(qc, _), part) in tasks.iter().zip(parts) {
+        for (i, top) in part.into_iter().enumerate() {
+            merged[qc * q_chunk + i].merge(top);
+        }
+    }
+    merged
 }
 
 /// Rows scaled to unit norm (zero rows stay zero).

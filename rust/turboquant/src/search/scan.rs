@@ -41,10 +41,15 @@ struct BlockView<'a> {
 }
 
 impl Scan<'_> {
-    /// Scans blocks `blocks` for queries `queries`; one [`TopK`] per query.
-    pub fn run(&self, queries: Range<usize>, blocks: Range<usize>) -> Vec<TopK> {
+    /// Empty selections for `n` queries.
+    pub fn tops(&self, n: usize) -> Vec<TopK> {
+        (0..n).map(|_| TopK::new(self.keep)).collect()
+    }
+
+    /// Scans blocks `blocks` for queries `queries` into `tops` (one [`TopK`] per query).
+    pub fn run(&self, queries: Range<usize>, blocks: Range<usize>, tops: &mut [TopK]) {
         let tables = &self.tables[queries];
-        let mut tops: Vec<TopK> = tables.iter().map(|_| TopK::new(self.keep)).collect();
+        assert_eq!(tables.len(), tops.len(), "one selection per query");
         let mut keys = [0.0f32; BLOCK];
         if self.index.layout.group_bits() > 0 && !self.float_tables {
             let mut sums = [[0i32; BLOCK]; MULTI];
@@ -94,7 +99,6 @@ impl Scan<'_> {
                 }
             }
         }
-        tops
     }
 
     /// Block `b` if any of its slots is filled and allowed.

@@ -20,8 +20,14 @@
 //!   levels of each pair's first and second coordinate, then two `vpdpbusd` per query (the
 //!   query's even and odd coordinates of the span as broadcast dwords); AVX2: `pshufb` + shifts
 //!   cut out 32 codes per 24 bytes, `pshufb` on the 8 levels, `pmaddubsw` + `pmaddwd`.
+//!
+//! [`block_keys_multi`] is the scan's entry: the ranking keys and threshold masks of a block
+//! for a pass of queries. The AVX-512 VBMI kernels compute them from the accumulators in
+//! registers (no round trip of the sums through memory); the others go through
+//! [`block_sums_multi`] and [`keys_from_sums`], with the same float operations.
 
 use super::layout::{Layout, BLOCK, LEVEL_TABLE};
+use super::score::{keys_from_sums, KeyQuery};
 use crate::simd::{multiversion, SimdLevel};
 
 multiversion! {
@@ -102,61 +108,165 @@ pub fn block_sums_multi(
         return;
     }
     let block = &block[..layout.block_bytes()];
-    let n = layout.lut_bytes();
-    /// Calls `x86::$kernel::<Q>` (or `<Q, ACC>` where the list gives `Q => ACC`) for
-    /// `Q = $luts.len()`, with the tables as a `[&[u8]; Q]` of `n` bytes each.
     #[cfg(target_arch = "x86_64")]
-    macro_rules! by_count {
-        ($kernel:ident, $luts:expr, $out:expr, $($q:literal $(=> $acc:literal)?),*) => {
-            match $luts.len() {
-                $($q => x86::$kernel::<$q $(, $acc)?>(
-                    block,
-                    std::array::from_fn(|i| &$luts[i][..n]),
-                    layout.groups(),
-                    $out,
-                ),)*
-                _ => {}
-            }
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if level.supported() == SimdLevel::Avx512 && x86::has_vbmi_vnni() {
-        /// The int8 kernels: few queries need several accumulators to hide the latency.
-        macro_rules! by_count8 {
-            ($kernel:ident) => {
-                by_count!($kernel, luts, out, 1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
-            };
-        }
-        // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are sliced
-        // to the layout's sizes and `out` has one row per table.
-        unsafe {
-            match *layout {
-                Layout::Nibble { bits: 4, .. } => return by_count8!(int8_vnni),
-                Layout::Nibble { .. } => {
-                    return by_count!(nibble_vnni, luts, out, 1 => 4, 2 => 2, 3 => 2, 4 => 1)
-                }
-                Layout::Pair { .. } => return by_count8!(pair_int8_vnni),
-                Layout::Rows { .. } => {}
-            }
-        }
+    if vbmi_kernels(level, layout, block, luts, Out::Sums(out)) {
+        return;
     }
     #[cfg(target_arch = "x86_64")]
     if level.supported() >= SimdLevel::Avx2 && layout.int8_query() {
+        let n = layout.lut_bytes();
         for (luts, out) in luts.chunks(AVX2_MULTI).zip(out.chunks_mut(AVX2_MULTI)) {
             // SAFETY: AVX2 was detected (`supported`); `block` and each table are sliced to
             // the layout's sizes and `out` has one row per table.
             unsafe {
                 match layout {
-                    Layout::Pair { .. } => by_count!(pair_int8_avx2, luts, out, 1, 2, 3, 4),
-                    _ => by_count!(int8_avx2, luts, out, 1, 2, 3, 4),
+                    Layout::Pair { .. } => {
+                        by_count!(pair_int8_avx2, block, luts, n, layout, out, 1, 2, 3, 4)
+                    }
+                    _ => by_count!(int8_avx2, block, luts, n, layout, out, 1, 2, 3, 4),
                 }
             }
         }
         return;
     }
+    let n = layout.lut_bytes();
     for (lut, row) in luts.iter().zip(out.iter_mut()) {
         fallback_sums(level, layout, block, &lut[..n], row);
     }
+}
+
+/// One block's ranking keys for a pass of queries: what [`block_keys_multi`] fills.
+pub struct BlockKeys<'a> {
+    /// Per query: the key parameters and threshold.
+    pub queries: &'a [KeyQuery],
+    /// The block's vector scales (the fused kernels need all [`BLOCK`]).
+    pub scales: &'a [f32],
+    /// The block's vector biases: empty (none) or as many as `scales`.
+    pub biases: &'a [f32],
+    /// Per query: the keys of the block's vectors.
+    pub keys: &'a mut [[f32; BLOCK]],
+    /// Per query: the mask of keys `≥` its threshold.
+    pub masks: &'a mut [u32],
+}
+
+/// [`block_sums_multi`] followed by [`keys_from_sums`] for each query (bit-identical), fused
+/// into the kernel with AVX-512 VBMI when the block is full.
+pub fn block_keys_multi(
+    level: SimdLevel,
+    layout: &Layout,
+    block: &[u8],
+    luts: &[&[u8]],
+    mut out: BlockKeys<'_>,
+) {
+    let nq = luts.len();
+    assert!(
+        out.queries.len() == nq && out.keys.len() == nq && out.masks.len() == nq && nq <= MULTI,
+        "one key row per table"
+    );
+    let per = queries_per_pass(layout);
+    if nq > per {
+        let parts = luts.chunks(per).zip(out.queries.chunks(per));
+        for ((luts, queries), (keys, masks)) in
+            parts.zip(out.keys.chunks_mut(per).zip(out.masks.chunks_mut(per)))
+        {
+            let part = BlockKeys {
+                queries,
+                keys,
+                masks,
+                ..out
+            };
+            block_keys_multi(level, layout, block, luts, part);
+        }
+        return;
+    }
+    let block = &block[..layout.block_bytes()];
+    let full = out.scales.len() == BLOCK && (out.biases.is_empty() || out.biases.len() == BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if full && vbmi_kernels(level, layout, block, luts, Out::Keys(&mut out)) {
+        return;
+    }
+    let mut sums = [[0i32; BLOCK]; MULTI];
+    let sums = &mut sums[..nq];
+    block_sums_multi(level, layout, block, luts, sums);
+    let rows = out.keys.iter_mut().zip(out.masks.iter_mut());
+    for ((q, s), (keys, mask)) in out.queries.iter().zip(sums.iter()).zip(rows) {
+        *mask = keys_from_sums(
+            level,
+            s,
+            q.delta,
+            q.base,
+            out.scales,
+            out.biases,
+            q.threshold,
+            keys,
+        );
+    }
+}
+
+/// Where an AVX-512 VBMI kernel puts each query's results for the block.
+#[cfg(target_arch = "x86_64")]
+pub enum Out<'a, 'b> {
+    /// The integer sums, one row per query.
+    Sums(&'a mut [[i32; BLOCK]]),
+    /// The keys and threshold masks (the block is full).
+    Keys(&'a mut BlockKeys<'b>),
+}
+
+/// Calls `x86::$kernel::<Q>` (or `<Q, ACC>` where the list gives `Q => ACC`) for
+/// `Q = $luts.len()`, with the tables as a `[&[u8]; Q]` of `$n` bytes each.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_count {
+    ($kernel:ident, $block:expr, $luts:expr, $n:expr, $layout:expr, $out:expr,
+     $($q:literal $(=> $acc:literal)?),*) => {
+        match $luts.len() {
+            $($q => x86::$kernel::<$q $(, $acc)?>(
+                $block,
+                std::array::from_fn(|i| &$luts[i][..$n]),
+                $layout.groups(),
+                $out,
+            ),)*
+            _ => unreachable!("at most {} queries per pass", MULTI),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use by_count;
+
+/// Runs the AVX-512 VBMI + VNNI kernel of `layout` for `luts` (at most
+/// [`queries_per_pass`]) when the CPU has them; `false` when it does not (or the layout has
+/// none), leaving `out` untouched.
+#[cfg(target_arch = "x86_64")]
+fn vbmi_kernels(
+    level: SimdLevel,
+    layout: &Layout,
+    block: &[u8],
+    luts: &[&[u8]],
+    out: Out<'_, '_>,
+) -> bool {
+    if level.supported() != SimdLevel::Avx512 || !x86::has_vbmi_vnni() {
+        return false;
+    }
+    let n = layout.lut_bytes();
+    /// The int8 kernels: few queries need several accumulators to hide the latency.
+    macro_rules! by_count8 {
+        ($kernel:ident) => {
+            by_count!($kernel, block, luts, n, layout, out,
+                1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
+        };
+    }
+    // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are sliced to
+    // the layout's sizes, `out` has one row per table and, for keys, the block is full.
+    unsafe {
+        match *layout {
+            Layout::Nibble { bits: 4, .. } => by_count8!(int8_vnni),
+            Layout::Nibble { .. } => {
+                by_count!(nibble_vnni, block, luts, n, layout, out, 1 => 4, 2 => 2, 3 => 2, 4 => 1)
+            }
+            Layout::Pair { .. } => by_count8!(pair_int8_vnni),
+            Layout::Rows { .. } => return false,
+        }
+    }
+    true
 }
 
 /// Queries per pass of the AVX2 int8 kernels (their accumulators fill the 16 `ymm` registers).
@@ -187,7 +297,8 @@ fn fallback_sums(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, LEVEL_TABLE};
+    use super::super::score::x86::key_half;
+    use super::{Out, BLOCK, LEVEL_TABLE};
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -215,25 +326,44 @@ mod x86 {
         }
     }
 
-    /// Writes `Q` rows of 32 sums: row `q`'s vectors 0..16 sum `lo[q]`'s `ACC` accumulators,
-    /// vectors 16..32 `hi[q]`'s.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn store_sums<const Q: usize, const ACC: usize>(
+    /// Hands each query's block results to `out`: vectors 0..16 sum `lo[q]`'s `ACC`
+    /// accumulators, vectors 16..32 `hi[q]`'s; as rows of sums, or as keys and masks.
+    ///
+    /// Always inlined into its kernel (which enables AVX-512 F), so that the accumulators
+    /// stay in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F; for [`Out::Keys`] the block is full.
+    #[inline(always)]
+    unsafe fn finish<const Q: usize, const ACC: usize>(
         lo: &[[__m512i; ACC]; Q],
         hi: &[[__m512i; ACC]; Q],
-        out: &mut [[i32; BLOCK]],
+        out: Out<'_, '_>,
     ) {
-        for (q, row) in out.iter_mut().enumerate().take(Q) {
-            let (mut l, mut h) = (lo[q][0], hi[q][0]);
-            for a in 1..ACC {
-                l = _mm512_add_epi32(l, lo[q][a]);
-                h = _mm512_add_epi32(h, hi[q][a]);
+        let sum = |a: &[__m512i; ACC]| a[1..].iter().fold(a[0], |s, &v| _mm512_add_epi32(s, v));
+        match out {
+            Out::Sums(rows) => {
+                for (q, row) in rows.iter_mut().enumerate().take(Q) {
+                    // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
+                    unsafe {
+                        _mm512_storeu_si512(row.as_mut_ptr().cast(), sum(&lo[q]));
+                        _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), sum(&hi[q]));
+                    }
+                }
             }
-            // SAFETY: `row` is 32 `i32` = two 64-byte vectors.
-            unsafe {
-                _mm512_storeu_si512(row.as_mut_ptr().cast(), l);
-                _mm512_storeu_si512(row.as_mut_ptr().add(16).cast(), h);
+            Out::Keys(k) => {
+                for q in 0..Q {
+                    let (query, keys) = (&k.queries[q], &mut k.keys[q]);
+                    // SAFETY: the block is full (`Out::Keys`' contract): `scales` has `BLOCK`
+                    // entries and `biases` none or `BLOCK`.
+                    let (l, h) = unsafe {
+                        (
+                            key_half(sum(&lo[q]), query, k.scales, k.biases, 0, keys),
+                            key_half(sum(&hi[q]), query, k.scales, k.biases, 1, keys),
+                        )
+                    };
+                    k.masks[q] = l as u32 | (h as u32) << 16;
+                }
             }
         }
     }
@@ -252,7 +382,7 @@ mod x86 {
         block: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
-        out: &mut [[i32; BLOCK]],
+        out: Out<'_, '_>,
     ) {
         let mask = _mm512_set1_epi8(0x0F);
         let sel = _mm512_set1_epi32(0x3020_1000);
@@ -273,7 +403,8 @@ mod x86 {
             }
         };
         rotate::<ACC>(groups / 4, step);
-        store_sums(&lo, &hi, out);
+        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+        unsafe { finish(&lo, &hi, out) };
     }
 
     /// AVX2 nibble kernel: half a quad (8 vectors' bytes) per register; each of the quad's four
@@ -344,7 +475,7 @@ mod x86 {
         block: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
-        out: &mut [[i32; BLOCK]],
+        out: Out<'_, '_>,
     ) {
         // SAFETY: every table opens with its `LEVEL_TABLE` = 64 level bytes; all queries
         // share the same levels (one codebook).
@@ -372,7 +503,8 @@ mod x86 {
             }
         };
         rotate::<ACC>(groups / 4, step);
-        store_sums(&lo, &hi, out);
+        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+        unsafe { finish(&lo, &hi, out) };
     }
 
     /// AVX2 int8-query kernel for `Q ≤ 4` queries at once: half a quad (8 vectors' bytes) per
@@ -444,7 +576,7 @@ mod x86 {
         block: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
-        out: &mut [[i32; BLOCK]],
+        out: Out<'_, '_>,
     ) {
         // Byte r of qword q gathers source byte 6q + r: qword q then starts at stream bit 48q,
         // where positions 8q..8q+8 begin, and position 8q + r sits at bit 6r of it.
@@ -491,7 +623,8 @@ mod x86 {
             }
         };
         rotate::<ACC>(groups / 4, step);
-        store_sums(&acc[0], &acc[1], out);
+        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+        unsafe { finish(&acc[0], &acc[1], out) };
     }
 
     /// AVX2 int8-query pair (3-bit) kernel for `Q ≤ 4` queries at once: per 24 bytes (8
@@ -640,6 +773,58 @@ mod tests {
                             "{level:?} multi {q}"
                         );
                     }
+                    keys_match_the_scalar_reference(level, &layout, &block, &luts, &rows);
+                }
+            }
+        }
+    }
+
+    /// [`block_keys_multi`] (fused with AVX-512 VBMI) gives bit-for-bit the keys and masks
+    /// of the scalar [`keys_from_sums`] on `sums` (the block's reference sums per table):
+    /// full blocks with and without biases, and a partial block.
+    fn keys_match_the_scalar_reference(
+        level: SimdLevel,
+        layout: &Layout,
+        block: &[u8],
+        luts: &[&[u8]],
+        sums: &[[i32; BLOCK]],
+    ) {
+        let scales: Vec<f32> = (0..BLOCK).map(|v| 0.5 + v as f32 / 7.0).collect();
+        let biases: Vec<f32> = (0..BLOCK).map(|v| (v as f32 - 9.5) * 1e3).collect();
+        let queries: Vec<KeyQuery> = (0..luts.len())
+            .map(|i| KeyQuery {
+                delta: 1.0 / (3.0 + i as f32),
+                base: -17.25 * i as f32,
+                threshold: [f32::NEG_INFINITY, -1e3, 0.0, 5e3][i % 4],
+            })
+            .collect();
+        for (n, with_bias) in [(BLOCK, false), (BLOCK, true), (BLOCK - 5, true)] {
+            let (scales, biases) = (&scales[..n], if with_bias { &biases[..n] } else { &[] });
+            let mut keys = vec![[0.0f32; BLOCK]; luts.len()];
+            let mut masks = vec![0u32; luts.len()];
+            let out = BlockKeys {
+                queries: &queries,
+                scales,
+                biases,
+                keys: &mut keys,
+                masks: &mut masks,
+            };
+            block_keys_multi(level, layout, block, luts, out);
+            for (i, q) in queries.iter().enumerate() {
+                let mut want = [0.0f32; BLOCK];
+                let args = (q.delta, q.base, scales, biases, q.threshold);
+                let (d, b, s, bi, t) = args;
+                let mask = keys_from_sums(SimdLevel::Scalar, &sums[i], d, b, s, bi, t, &mut want);
+                assert_eq!(
+                    masks[i],
+                    mask,
+                    "{level:?} query {i} of {}, n {n}",
+                    luts.len()
+                );
+                let bits = |k: &[f32]| k[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&keys[i]), bits(&want), "{level:?} query {i}, n {n}");
+                if q.threshold == f32::NEG_INFINITY {
+                    assert_eq!(mask as u64, (1u64 << n) - 1, "-inf passes every vector");
                 }
             }
         }

@@ -1,10 +1,10 @@
 //! The exhaustive scan: every allowed slot of a range of blocks, for a range of queries.
 
-use super::fastscan::{block_sums_multi, queries_per_pass, MULTI};
+use super::fastscan::{block_keys_multi, queries_per_pass, BlockKeys, MULTI};
 use super::filter::block_bits;
 use super::index::Index;
 use super::layout::{Layout, QueryTables, BLOCK};
-use super::score::{keys_from_estimates, keys_from_sums};
+use super::score::{keys_from_estimates, KeyQuery};
 use super::topk::{Hit, TopK};
 use crate::packing::unpack_row;
 use crate::simd::{kernels, SimdLevel};
@@ -50,30 +50,39 @@ impl Scan<'_> {
     pub fn run(&self, queries: Range<usize>, blocks: Range<usize>, tops: &mut [TopK]) {
         let tables = &self.tables[queries];
         assert_eq!(tables.len(), tops.len(), "one selection per query");
-        let mut keys = [0.0f32; BLOCK];
         if self.index.layout.group_bits() > 0 && !self.float_tables {
-            let mut sums = [[0i32; BLOCK]; MULTI];
+            let mut keys = [[0.0f32; BLOCK]; MULTI];
+            let mut masks = [0u32; MULTI];
+            let mut params = [KeyQuery {
+                delta: 0.0,
+                base: 0.0,
+                threshold: 0.0,
+            }; MULTI];
             let per = queries_per_pass(&self.index.layout);
             let luts: Vec<&[u8]> = tables.iter().map(|t| &t.lut[..]).collect();
             for t0 in blocks.clone().step_by(TILE_BLOCKS) {
                 let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
                 let passes = tables.chunks(per).zip(luts.chunks(per));
                 for ((group, luts), tops) in passes.zip(tops.chunks_mut(per)) {
+                    let nq = group.len();
                     for view in tile.clone().filter_map(|b| self.block(b)) {
-                        let sums = &mut sums[..group.len()];
-                        block_sums_multi(self.level, &self.index.layout, view.codes, luts, sums);
-                        for ((t, top), s) in group.iter().zip(tops.iter_mut()).zip(sums.iter()) {
-                            let hits = keys_from_sums(
-                                self.level,
-                                s,
-                                t.delta,
-                                t.base,
-                                view.scales,
-                                view.biases,
-                                top.threshold(),
-                                &mut keys,
-                            );
-                            push(top, &view, hits, &keys);
+                        for ((p, t), top) in params.iter_mut().zip(group).zip(tops.iter()) {
+                            *p = KeyQuery {
+                                delta: t.delta,
+                                base: t.base,
+                                threshold: top.threshold(),
+                            };
+                        }
+                        let out = BlockKeys {
+                            queries: &params[..nq],
+                            scales: view.scales,
+                            biases: view.biases,
+                            keys: &mut keys[..nq],
+                            masks: &mut masks[..nq],
+                        };
+                        block_keys_multi(self.level, &self.index.layout, view.codes, luts, out);
+                        for ((top, &hits), keys) in tops.iter_mut().zip(&masks).zip(&keys) {
+                            push(top, &view, hits, keys);
                         }
                     }
                 }
@@ -81,6 +90,7 @@ impl Scan<'_> {
         } else {
             // The reference / rows path: one query at a time over the whole range.
             let mut est = [0.0f32; BLOCK];
+            let mut keys = [0.0f32; BLOCK];
             let mut codes = vec![0u8; self.index.dim()];
             for (t, top) in tables.iter().zip(tops.iter_mut()) {
                 let q = &self.index.quantizer;

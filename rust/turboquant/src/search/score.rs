@@ -3,6 +3,18 @@
 use super::layout::BLOCK;
 use crate::simd::{multiversion, SimdLevel};
 
+/// One query's key parameters for a block of integer sums: `est = delta · sum + base`, and
+/// the threshold a key must reach to be offered to the query's top-k.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyQuery {
+    /// Scale of the integer sums.
+    pub delta: f32,
+    /// Offset of the estimates.
+    pub base: f32,
+    /// The query's current top-k threshold.
+    pub threshold: f32,
+}
+
 /// Keys of the block's first `scales.len()` vectors from the estimates `est` of `⟨R q, c⟩`:
 /// `s · est`, plus the slot's bias when `biases` is non-empty; returns the bit mask of keys
 /// `≥ threshold`.
@@ -94,17 +106,51 @@ unsafe fn keys_avx512(
     keys: &mut [f32; BLOCK],
 ) -> u32 {
     use std::arch::x86_64::*;
-    let (d, b, t) = (
-        _mm512_set1_ps(delta),
-        _mm512_set1_ps(base),
-        _mm512_set1_ps(threshold),
-    );
+    let q = KeyQuery {
+        delta,
+        base,
+        threshold,
+    };
     let mut mask = 0u32;
     for h in 0..2 {
-        // SAFETY: `16 h + 16 ≤ BLOCK` for every buffer read or written (caller's contract).
+        // SAFETY: `16 h + 16 ≤ BLOCK` for the sums and keys (caller's contract for the rest).
         unsafe {
-            let s = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums.as_ptr().add(16 * h).cast()));
-            let est = _mm512_add_ps(_mm512_mul_ps(d, s), b);
+            let s = _mm512_loadu_si512(sums.as_ptr().add(16 * h).cast());
+            mask |= (x86::key_half(s, &q, scales, biases, h, keys) as u32) << (16 * h);
+        }
+    }
+    mask
+}
+
+/// The AVX-512 key formula, shared by [`keys_from_sums`] and the fused scan kernels.
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::{KeyQuery, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Keys of vectors `16 h .. 16 h + 16` from their integer sums `s` (the same float
+    /// operations, in the same order, as the portable path: bit-exact), written to `keys`;
+    /// returns the mask of keys `≥ q.threshold`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F; `h < 2`, `scales` has [`BLOCK`] entries and `biases`
+    /// none or [`BLOCK`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn key_half(
+        s: __m512i,
+        q: &KeyQuery,
+        scales: &[f32],
+        biases: &[f32],
+        h: usize,
+        keys: &mut [f32; BLOCK],
+    ) -> u16 {
+        let est = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_set1_ps(q.delta), _mm512_cvtepi32_ps(s)),
+            _mm512_set1_ps(q.base),
+        );
+        // SAFETY: `16 h + 16 ≤ BLOCK` entries of `scales`, `biases` (when given) and `keys`.
+        unsafe {
             let sc = _mm512_loadu_ps(scales.as_ptr().add(16 * h));
             let key = if biases.is_empty() {
                 _mm512_mul_ps(sc, est)
@@ -113,10 +159,9 @@ unsafe fn keys_avx512(
                 _mm512_add_ps(_mm512_mul_ps(sc, est), bias)
             };
             _mm512_storeu_ps(keys.as_mut_ptr().add(16 * h), key);
-            mask |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(key, t) as u32) << (16 * h);
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(key, _mm512_set1_ps(q.threshold))
         }
     }
-    mask
 }
 
 multiversion! {

@@ -431,14 +431,17 @@ NOTES = """
   recall@10 0.9524 / 0.8321 (4 / 2 bits) against 0.9513 / 0.8244 for the least-squares scale.
 - Centring (default): the index quantizes `x − c` with `c` the mean of the first batch added, and
   adds `⟨q, c⟩ + ⟨c, x − c⟩` exactly (one f32 per vector); the "no centring" rows turn it off.
-- turbovec's default search is staged (a coarse pass, then re-scoring a shortlist): that is where its
-  4-bit speed comes from and why its 4-bit recall on Gaussian data falls to 0.68 while an exhaustive
-  4-bit scan gets 0.84. An exhaustive 4-bit scan needs d multiply-adds per vector and query; at
-  64 per `vpdpbusd` and one per cycle per core that caps wiki-MiniLM at about 13,000 QPS on 2
-  cores (this run: 74-81 % of that), and one query reads all 15 MB of codes (latency bound by
-  memory bandwidth). The 4-bit QPS and latency targets need fewer codes read, which only a
+- turbovec's default search is staged (indexes of ≥ 32,768 vectors at 2 and 4 bits, with AVX-512
+  VBMI + VNNI): a coarse pass over the codes' top bits, then a re-score of a shortlist. That is
+  where its 4-bit speed comes from and why its 4-bit recall on Gaussian data falls to 0.68 while
+  an exhaustive 4-bit scan gets 0.84. With its `TURBOVEC_4BIT_PLANES=0` switch it scans every
+  code as we do: `python benches/bench_search_ratio.py --tv-full-scan` times that mode against
+  ours in one process (benches/RESULTS.md). An exhaustive 4-bit scan needs d multiply-adds per
+  vector and query, at most 64 per `vpdpbusd` and cycle per core: about 13,000 QPS on 2 cores
+  at d = 384; the kernel (keys included) is 77 % of a batch search. One query reads all 15 MB
+  of codes. The 4-bit QPS and latency of the staged search need fewer codes read, which only a
   shortlist or a provably safe bound gives (simulated: a bound from the top 2 bits of each code
-  keeps 19 % of vectors on average, 37 % at p90; see benches/RESULTS.md).
+  keeps 19 % of vectors on average, 37 % at p90; `benches/sim_prune_bound.py`).
 - Bytes/vector: turboquant-rs reports `memory_bytes()` (codes padded to blocks of 32, f32 scale,
   f32 bias when centred, tombstone bits; ids cost nothing while they equal insertion order,
   else 8 B + a hash map; re-rank adds 2·d fp16 bytes); FAISS rows are `sa_code_size()` (codes +

@@ -25,7 +25,7 @@ pub fn pack_row(codes: &[u8], bits: u8, out: &mut [u8]) {
 multiversion! {
     /// Packs the first `m` columns of a coordinate-major code block (`block[j][l]` is code `j`
     /// of vector `l`) into `m` consecutive rows of `out`: the `b` bytes of each group of 8 codes
-    /// are assembled for all 16 vectors at once (the layout of [`pack_from`], lane-parallel), and
+    /// are assembled for all 16 vectors at once (the layout of `pack_from`, lane-parallel), and
     /// 16×16 byte tiles are transposed into the rows.
     pub fn pack_block(block: &[[u8; 16]], m: usize, bits: u8, out: &mut [u8]) {
         match bits {

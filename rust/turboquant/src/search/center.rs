@@ -88,7 +88,7 @@ impl Center {
     }
 }
 
-/// `out ← x − c` row by row; in parallel on the crate's threads from [`PARALLEL_VALUES`]
+/// `out ← x − c` row by row; in parallel on the crate's threads from `PARALLEL_VALUES`
 /// values (below that, a hand-off to the pool costs more than the subtraction: queries).
 pub fn subtract_into(x: &[f32], c: &[f32], out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);

@@ -9,7 +9,9 @@
 //!   nibbles into levels once for all queries of the pass (up to 8), then one `vpdpbusd` per 64
 //!   codes and query multiplies them by the query's 4 coordinates (a broadcast dword) and adds
 //!   into each vector's lane; AVX2 (decoding shared by up to 4 queries): `pshufb` levels,
-//!   `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`;
+//!   `pmaddubsw` (levels ≤ 127 keep it from saturating) + `pmaddwd`; AVX-512 BW without VBMI
+//!   (Skylake-SP, Cascade Lake; [`Avx512Kernels::Bw`]): `vpshufb` levels, then `vpdpbusd` with
+//!   VNNI, else `vpmaddubsw` + `vpmaddwd` (on those CPUs the other widths run the AVX2 kernels);
 //! - lookup-table nibbles (1 and 2 bits), AVX-512 VBMI + VNNI: `vpermb` (`_mm512_permutexvar_epi8`) looks 128 nibbles up
 //!   in four in-register 16-entry tables, `vpdpbusd` adds each vector's four entries into a
 //!   `i32` lane (no intermediate `u16`); AVX2 (and AVX-512 without VBMI/VNNI): `pshufb`
@@ -232,9 +234,62 @@ macro_rules! by_count {
 #[cfg(target_arch = "x86_64")]
 use by_count;
 
-/// Runs the AVX-512 VBMI + VNNI kernel of `layout` for `luts` (at most
-/// [`queries_per_pass`]) when the CPU has them; `false` when it does not (or the layout has
-/// none), leaving `out` untouched.
+/// The AVX-512 kernels a CPU can run: with VBMI and VNNI, one per layout; with AVX-512 BW
+/// only (Skylake-SP, Cascade Lake: no VBMI), the 4-bit int8 kernel, with or without VNNI.
+/// Ordered: a later family needs more of the CPU.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Avx512Kernels {
+    /// `vpshufb` decoding; `vpdpbusd` when `vnni`, else `vpmaddubsw` + `vpmaddwd`.
+    Bw {
+        /// Whether AVX-512 VNNI is there.
+        vnni: bool,
+    },
+    /// `vpermb` decoding and lookups, `vpdpbusd`.
+    Vbmi,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512Kernels {
+    /// This CPU's best family at `level` (`None` below AVX-512). `TURBOQUANT_AVX512=bw`,
+    /// `bw-vnni` or `vbmi` caps it (to test and time the others on a CPU that has more).
+    pub fn detect(level: SimdLevel) -> Option<Avx512Kernels> {
+        static FAMILY: std::sync::OnceLock<Avx512Kernels> = std::sync::OnceLock::new();
+        if level.supported() != SimdLevel::Avx512 {
+            return None;
+        }
+        Some(*FAMILY.get_or_init(|| {
+            let best = [
+                Avx512Kernels::Vbmi,
+                Avx512Kernels::Bw { vnni: true },
+                Avx512Kernels::Bw { vnni: false },
+            ]
+            .into_iter()
+            .find(|f| f.runs_here())
+            .unwrap_or(Avx512Kernels::Bw { vnni: false });
+            let cap = match std::env::var("TURBOQUANT_AVX512").ok().as_deref() {
+                Some("bw") => Avx512Kernels::Bw { vnni: false },
+                Some("bw-vnni") => Avx512Kernels::Bw { vnni: true },
+                _ => Avx512Kernels::Vbmi,
+            };
+            best.min(cap)
+        }))
+    }
+
+    /// Whether this CPU can run the family.
+    pub fn runs_here(self) -> bool {
+        let vnni = is_x86_feature_detected!("avx512vnni");
+        crate::simd::hardware_level() == SimdLevel::Avx512
+            && match self {
+                Avx512Kernels::Bw { vnni: v } => vnni || !v,
+                Avx512Kernels::Vbmi => vnni && is_x86_feature_detected!("avx512vbmi"),
+            }
+    }
+}
+
+/// Runs the AVX-512 kernel of `layout` for `luts` (at most [`queries_per_pass`]) when the
+/// CPU has one; `false` when it does not (or the family has none for the layout), leaving
+/// `out` untouched.
 #[cfg(target_arch = "x86_64")]
 fn vbmi_kernels(
     level: SimdLevel,
@@ -243,9 +298,21 @@ fn vbmi_kernels(
     luts: &[&[u8]],
     out: Out<'_, '_>,
 ) -> bool {
-    if level.supported() != SimdLevel::Avx512 || !x86::has_vbmi_vnni() {
-        return false;
+    match Avx512Kernels::detect(level) {
+        Some(family) => avx512_kernels(family, layout, block, luts, out),
+        None => false,
     }
+}
+
+/// [`vbmi_kernels`] with the family given (`family.runs_here()` must hold).
+#[cfg(target_arch = "x86_64")]
+fn avx512_kernels(
+    family: Avx512Kernels,
+    layout: &Layout,
+    block: &[u8],
+    luts: &[&[u8]],
+    out: Out<'_, '_>,
+) -> bool {
     let n = layout.lut_bytes();
     /// The int8 kernels: few queries need several accumulators to hide the latency.
     macro_rules! by_count8 {
@@ -254,16 +321,23 @@ fn vbmi_kernels(
                 1 => 4, 2 => 2, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1)
         };
     }
-    // SAFETY: AVX-512 F/BW, VBMI and VNNI were detected; `block` and each table are sliced to
-    // the layout's sizes, `out` has one row per table and, for keys, the block is full.
+    // SAFETY: the family's features were detected (`Avx512Kernels::detect` or `runs_here`);
+    // `block` and each table are sliced to the layout's sizes, `out` has one row per table
+    // and, for keys, the block is full.
     unsafe {
-        match *layout {
-            Layout::Nibble { bits: 4, .. } => by_count8!(int8_vnni),
-            Layout::Nibble { .. } => {
+        match (family, *layout) {
+            (Avx512Kernels::Vbmi, Layout::Nibble { bits: 4, .. }) => by_count8!(int8_vnni),
+            (Avx512Kernels::Vbmi, Layout::Nibble { .. }) => {
                 by_count!(nibble_vnni, block, luts, n, layout, out, 1 => 4, 2 => 2, 3 => 2, 4 => 1)
             }
-            Layout::Pair { .. } => by_count8!(pair_int8_vnni),
-            Layout::Rows { .. } => return false,
+            (Avx512Kernels::Vbmi, Layout::Pair { .. }) => by_count8!(pair_int8_vnni),
+            (Avx512Kernels::Bw { vnni: true }, Layout::Nibble { bits: 4, .. }) => {
+                by_count8!(int8_bw_vnni)
+            }
+            (Avx512Kernels::Bw { vnni: false }, Layout::Nibble { bits: 4, .. }) => {
+                by_count8!(int8_bw)
+            }
+            _ => return false,
         }
     }
     true
@@ -300,16 +374,6 @@ mod x86 {
     use super::super::score::x86::key_half;
     use super::{Out, BLOCK, LEVEL_TABLE};
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
-
-    /// Whether the CPU has AVX-512 VBMI (`vpermb`, `vpermt2b`, `vpmultishiftqb`) and VNNI
-    /// (`vpdpbusd`).
-    pub fn has_vbmi_vnni() -> bool {
-        static V: OnceLock<bool> = OnceLock::new();
-        *V.get_or_init(|| {
-            is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vnni")
-        })
-    }
 
     /// Calls `step(i, a)` for every `i < n`, cycling `a` through `ACC` independent
     /// accumulators in runs of `ACC` (the tail uses slot 0).
@@ -506,6 +570,86 @@ mod x86 {
         // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
         unsafe { finish(&lo, &hi, out) };
     }
+
+    /// Defines an AVX-512 BW int8-query kernel (no VBMI) for `Q` queries at once: per quad,
+    /// `vpshufb` maps the low and high nibbles to their levels (one 16-level table in every
+    /// 128-bit lane) once for all queries, then per half and query `vpdpbusd` (`$vnni`) or
+    /// `vpmaddubsw` (levels ≤ 127, so a pair of products cannot saturate the `i16`) +
+    /// `vpmaddwd` + `vpaddd`. One body for both, expanded inside each `target_feature`
+    /// function so that its closures get the features too.
+    macro_rules! int8_bw_kernel {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $vnni:literal) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const Q: usize, const ACC: usize>(
+                block: &[u8],
+                luts: [&[u8]; Q],
+                groups: usize,
+                out: Out<'_, '_>,
+            ) {
+                let mask = _mm512_set1_epi8(0x0F);
+                let ones16 = _mm512_set1_epi16(1);
+                // SAFETY: every table opens with its level bytes; the first 16 are the
+                // levels, shared by all queries (one codebook).
+                let levels =
+                    _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(luts[0].as_ptr().cast()) });
+                let mac = |acc: __m512i, v: __m512i, w: __m512i| {
+                    if $vnni {
+                        _mm512_dpbusd_epi32(acc, v, w)
+                    } else {
+                        let pairs = _mm512_maddubs_epi16(v, w);
+                        _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, ones16))
+                    }
+                };
+                let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+                let mut hi = lo;
+                let step = |c: usize, a: usize| {
+                    // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's
+                    // contract).
+                    let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
+                    let high = _mm512_srli_epi16::<4>(x);
+                    let vl = _mm512_shuffle_epi8(levels, _mm512_and_si512(x, mask));
+                    let vh = _mm512_shuffle_epi8(levels, _mm512_and_si512(high, mask));
+                    for q in 0..Q {
+                        // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's
+                        // contract).
+                        let w = _mm512_set1_epi32(unsafe {
+                            luts[q]
+                                .as_ptr()
+                                .add(LEVEL_TABLE + 4 * c)
+                                .cast::<i32>()
+                                .read_unaligned()
+                        });
+                        lo[q][a] = mac(lo[q][a], vl, w);
+                        hi[q][a] = mac(hi[q][a], vh, w);
+                    }
+                };
+                rotate::<ACC>(groups / 4, step);
+                // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's
+                // contract).
+                unsafe { finish(&lo, &hi, out) };
+            }
+        };
+    }
+
+    int8_bw_kernel!(
+        /// The AVX-512 BW + VNNI int8 kernel (Cascade Lake: no VBMI).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F/BW/VNNI; the rest as [`int8_vnni`].
+        int8_bw_vnni,
+        "avx512f,avx512bw,avx512vnni",
+        true
+    );
+    int8_bw_kernel!(
+        /// The AVX-512 BW int8 kernel without VNNI (Skylake-SP).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F/BW; the rest as [`int8_vnni`].
+        int8_bw,
+        "avx512f,avx512bw",
+        false
+    );
 
     /// AVX2 int8-query kernel for `Q ≤ 4` queries at once: half a quad (8 vectors' bytes) per
     /// register; `pshufb` maps nibbles to levels once for all queries, `pmaddubsw` multiplies them by each query's `i8` (levels ≤ 127, so a
@@ -774,6 +918,77 @@ mod tests {
                         );
                     }
                     keys_match_the_scalar_reference(level, &layout, &block, &luts, &rows);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            every_avx512_family_matches(&layout, &block, [&lut, &other], [want, want_other]);
+        }
+    }
+
+    /// Each AVX-512 kernel family this CPU can run (not only the one dispatch picks) gives the
+    /// reference sums and keys, for 1 to [`queries_per_pass`] queries.
+    #[cfg(target_arch = "x86_64")]
+    fn every_avx512_family_matches(
+        layout: &Layout,
+        block: &[u8],
+        tables: [&[u8]; 2],
+        want: [[i32; BLOCK]; 2],
+    ) {
+        let families = [
+            Avx512Kernels::Bw { vnni: false },
+            Avx512Kernels::Bw { vnni: true },
+            Avx512Kernels::Vbmi,
+        ];
+        let block = &block[..layout.block_bytes()];
+        for family in families.into_iter().filter(|f| f.runs_here()) {
+            for q in 1..=queries_per_pass(layout) {
+                let luts: Vec<&[u8]> = (0..q).map(|i| tables[i % 2]).collect();
+                let mut rows = vec![[0i32; BLOCK]; q];
+                if !avx512_kernels(family, layout, block, &luts, Out::Sums(&mut rows)) {
+                    break; // no kernel of this family for the layout
+                }
+                for (i, row) in rows.iter().enumerate() {
+                    assert_eq!(*row, want[i % 2], "{family:?} {q} queries, {layout:?}");
+                }
+                let queries: Vec<KeyQuery> = (0..q)
+                    .map(|i| KeyQuery {
+                        delta: 0.01 * (i + 1) as f32,
+                        base: 3.5,
+                        threshold: 1.0,
+                    })
+                    .collect();
+                let scales: Vec<f32> = (0..BLOCK).map(|v| 1.0 + v as f32 / 9.0).collect();
+                let (mut keys, mut masks) = (vec![[0.0f32; BLOCK]; q], vec![0u32; q]);
+                let mut out = BlockKeys {
+                    queries: &queries,
+                    scales: &scales,
+                    biases: &[],
+                    keys: &mut keys,
+                    masks: &mut masks,
+                };
+                assert!(avx512_kernels(
+                    family,
+                    layout,
+                    block,
+                    &luts,
+                    Out::Keys(&mut out)
+                ));
+                for (i, k) in queries.iter().enumerate() {
+                    let mut want_keys = [0.0f32; BLOCK];
+                    let (d, b, t) = (k.delta, k.base, k.threshold);
+                    let s = &scales[..];
+                    let m = keys_from_sums(
+                        SimdLevel::Scalar,
+                        &rows[i],
+                        d,
+                        b,
+                        s,
+                        &[],
+                        t,
+                        &mut want_keys,
+                    );
+                    assert_eq!(masks[i], m, "{family:?} query {i}");
+                    assert_eq!(keys[i].map(f32::to_bits), want_keys.map(f32::to_bits));
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! the arithmetic of the one-vector kernels in [`super::kernels`] (same butterflies, same
 //! summation order, no fused multiply-add), so both layouts give bit-identical results.
 //!
-//! Each kernel is written once over the [`Row`] trait and instantiated three times: plain
+//! Each kernel is written once over the `Row` trait and instantiated three times: plain
 //! arrays (portable), two AVX2 registers, one AVX-512 register. (Leaving this to the
 //! autovectorizer made it vectorize the wrong loop, with gathers, 8× slower than scalar.)
 

@@ -8,7 +8,9 @@
 //! contracts float operations, every SIMD path is bit-exact with the scalar path; the parity
 //! tests in `tests/simd_parity.rs` hold them to that.
 //!
-//! Set `TURBOQUANT_SIMD=scalar|avx2|avx512` to cap the level (for tests and comparisons).
+//! Set `TURBOQUANT_SIMD=scalar|avx2|avx512` to cap the level (for tests and comparisons), and
+//! `TURBOQUANT_AVX512=bw|bw-vnni|vbmi` to cap the AVX-512 search-kernel family
+//! (`search::fastscan::Avx512Kernels`).
 
 pub mod kernels;
 pub mod lanes;

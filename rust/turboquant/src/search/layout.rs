@@ -399,6 +399,16 @@ fn int8_tables(layout: &Layout, rq: Vec<f32>, centroids: &[f32]) -> QueryTables 
 /// The `f32` group tables of a group layout: `table[g][t] = Σ_u rq[g·per + u] · centroids[code_u]`
 /// over the `per = w / bits` coordinates of group `g` with group code `t` (padding counts zero).
 fn group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec<f32> {
+    match *layout {
+        Layout::Nibble { bits: 1, groups } => return nibble_tables::<1>(rq, centroids, groups),
+        Layout::Nibble { bits: 2, groups } => return nibble_tables::<2>(rq, centroids, groups),
+        _ => {}
+    }
+    any_group_tables(layout, rq, centroids, bits)
+}
+
+/// [`group_tables`] for any group layout.
+fn any_group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec<f32> {
     let (w, b) = (layout.group_bits(), bits as usize);
     let (size, per, k) = (1usize << w, w / b, 1usize << b);
     let mut float = vec![0.0f32; layout.groups() * size];
@@ -422,6 +432,32 @@ fn group_tables(layout: &Layout, rq: &[f32], centroids: &[f32], bits: u8) -> Vec
             let mut acc = 0.0f32;
             for u in 0..coords {
                 acc += products[u * k + ((t >> (u * b)) & (k - 1))];
+            }
+            *e = acc;
+        }
+    }
+    float
+}
+
+/// [`group_tables`] of a nibble layout with `B` = 1 or 2 bits per code (`4 / B` coordinates
+/// per group, 16 entries): the same sums in the same order, with the widths known at compile
+/// time. Coordinates past `rq`'s end (the last group's padding) count as 0, which leaves
+/// every sum bit-identical.
+fn nibble_tables<const B: usize>(rq: &[f32], centroids: &[f32], groups: usize) -> Vec<f32> {
+    let (per, k) = (4 / B, 1usize << B);
+    let mut float = vec![0.0f32; 16 * groups];
+    for (g, table) in float.chunks_exact_mut(16).enumerate() {
+        let mut products = [[0.0f32; 4]; 4]; // [coordinate u][centroid]
+        for (u, row) in products.iter_mut().enumerate().take(per) {
+            let v = rq.get(g * per + u).copied().unwrap_or(0.0);
+            for (p, &c) in row.iter_mut().zip(centroids).take(k) {
+                *p = v * c;
+            }
+        }
+        for (t, e) in table.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (u, row) in products.iter().enumerate().take(per) {
+                acc += row[(t >> (u * B)) & (k - 1)];
             }
             *e = acc;
         }
@@ -487,6 +523,21 @@ mod tests {
                     assert_eq!(layout.group_code(&block, v, g), stream_bits(row, w * g, w));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nibble_tables_equal_the_general_group_tables() {
+        for (dim, bits) in [(9usize, 2u8), (100, 2), (384, 2), (37, 1), (8, 1), (384, 1)] {
+            let layout = Layout::new(dim, bits);
+            let centroids: Vec<f32> = (0..1 << bits).map(|c| c as f32 * 0.61 - 0.9).collect();
+            let rq: Vec<f32> = (0..dim)
+                .map(|j| ((j * 29 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let fast = group_tables(&layout, &rq, &centroids, bits);
+            let general = any_group_tables(&layout, &rq, &centroids, bits);
+            let bits_of = |t: &[f32]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits_of(&fast), bits_of(&general), "dim {dim} bits {bits}");
         }
     }
 

@@ -7,6 +7,7 @@ single-query latency over ``--single`` queries per round. Recall is reported for
 
     python benches/bench_search_ratio.py --rounds 5
     python benches/bench_search_ratio.py --rounds 5 --tv-full-scan   # turbovec exhaustive too
+    python benches/bench_search_ratio.py --data gaussian               # Gaussian 100,000 × 128
 
 turbovec 1.1.2 searches indexes of ≥ 32,768 vectors in stages at 2 and 4 bits (on CPUs with
 AVX-512 VBMI + VNNI): a coarse pass over the codes' top bits, then a re-score of a shortlist.
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=100)
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--tv-full-scan", action="store_true", help="turn turbovec's staged search off")
+    ap.add_argument("--data", choices=["wiki", "gaussian"], default="wiki")
     args = ap.parse_args()
     if args.tv_full_scan:
         os.environ["TURBOVEC_2BIT_PLANES"] = "0"
@@ -50,12 +52,20 @@ def main() -> None:
     import turbovec
 
     turboquant_rs.set_num_threads(2)
-    base = np.load(WIKI / "base_f16.npy").astype(np.float32)
-    queries = np.load(WIKI / "queries_f16.npy").astype(np.float32)
-    gt = np.load(WIKI / "gt_ip_top100.npy")
+    if args.data == "wiki":
+        dataset = "wiki-MiniLM"
+        base = np.load(WIKI / "base_f16.npy").astype(np.float32)
+        queries = np.load(WIKI / "queries_f16.npy").astype(np.float32)
+        gt = np.load(WIKI / "gt_ip_top100.npy")
+    else:
+        dataset = "Gaussian"
+        rng = np.random.default_rng(0)
+        base = rng.standard_normal((100_000, 128), dtype=np.float32)
+        queries = rng.standard_normal((1000, 128), dtype=np.float32)
+        gt = np.argsort(-(queries @ base.T), axis=1)[:, :K]
     mode = "full scan" if args.tv_full_scan else "default (staged at 2 and 4 bits)"
     print(
-        f"wiki-MiniLM {base.shape[0]} × {base.shape[1]}, {len(queries)} queries, k = {K}, "
+        f"{dataset} {base.shape[0]} × {base.shape[1]}, {len(queries)} queries, k = {K}, "
         f"2 threads; turbovec {mode}"
     )
     print(

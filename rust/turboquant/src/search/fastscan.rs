@@ -215,6 +215,18 @@ pub enum Out<'a, 'b> {
     Keys(&'a mut BlockKeys<'b>),
 }
 
+/// The first `Q` of `luts`, each cut to `n` bytes, as an array (a plain loop: the
+/// `array::from_fn` closure was not inlined, 2 % of a small-block search).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tables<'a, const Q: usize>(luts: &[&'a [u8]], n: usize) -> [&'a [u8]; Q] {
+    let mut out: [&[u8]; Q] = [&[]; Q];
+    for (o, l) in out.iter_mut().zip(luts) {
+        *o = &l[..n];
+    }
+    out
+}
+
 /// Calls `x86::$kernel::<Q>` (or `<Q, ACC>` where the list gives `Q => ACC`) for
 /// `Q = $luts.len()`, with the tables as a `[&[u8]; Q]` of `$n` bytes each.
 #[cfg(target_arch = "x86_64")]
@@ -224,7 +236,7 @@ macro_rules! by_count {
         match $luts.len() {
             $($q => x86::$kernel::<$q $(, $acc)?>(
                 $block,
-                std::array::from_fn(|i| &$luts[i][..$n]),
+                tables::<$q>($luts, $n),
                 $layout.groups(),
                 $out,
             ),)*

@@ -138,81 +138,90 @@ pub fn block_sums_multi(
     }
 }
 
-/// One block's ranking keys for a pass of queries: what [`block_keys_multi`] fills.
+/// The ranking keys of a run of blocks for a pass of queries: what [`block_keys_multi`] fills.
+/// Rows are block-major: row `b · nq + q` is query `q`'s keys (or mask) for block `b`.
 pub struct BlockKeys<'a> {
     /// Per query: the key parameters and threshold.
     pub queries: &'a [KeyQuery],
-    /// The block's vector scales (the fused kernels need all [`BLOCK`]).
+    /// The blocks' vector scales, [`BLOCK`] per block (the last block of a run of one may
+    /// have fewer).
     pub scales: &'a [f32],
-    /// The block's vector biases: empty (none) or as many as `scales`.
+    /// The blocks' vector biases: empty (none) or as many as `scales`.
     pub biases: &'a [f32],
-    /// Per query: the keys of the block's vectors.
+    /// Per block and query: the keys of the block's vectors.
     pub keys: &'a mut [[f32; BLOCK]],
-    /// Per query: the mask of keys `≥` its threshold.
+    /// Per block and query: the mask of keys `≥` the query's threshold.
     pub masks: &'a mut [u32],
 }
 
-/// [`block_sums_multi`] followed by [`keys_from_sums`] for each query (bit-identical), fused
-/// into the kernel with AVX-512 VBMI when the block is full.
+/// [`block_sums_multi`] followed by [`keys_from_sums`] for each query (bit-identical) over a
+/// run of `keys.len() / luts.len()` consecutive blocks in `blocks` (at most
+/// [`queries_per_pass`] queries). With an AVX-512 kernel the keys come from its accumulators
+/// in registers and the kernel walks the whole run in one call; a run of several blocks must
+/// hold full blocks only.
 pub fn block_keys_multi(
     level: SimdLevel,
     layout: &Layout,
-    block: &[u8],
+    blocks: &[u8],
     luts: &[&[u8]],
     mut out: BlockKeys<'_>,
 ) {
     let nq = luts.len();
+    let nblocks = out.keys.len() / nq.max(1);
     assert!(
-        out.queries.len() == nq && out.keys.len() == nq && out.masks.len() == nq && nq <= MULTI,
-        "one key row per table"
+        nq >= 1
+            && nq <= queries_per_pass(layout)
+            && out.queries.len() == nq
+            && out.keys.len() == nblocks * nq
+            && out.masks.len() == nblocks * nq,
+        "one key row per block and table"
     );
-    let per = queries_per_pass(layout);
-    if nq > per {
-        let parts = luts.chunks(per).zip(out.queries.chunks(per));
-        for ((luts, queries), (keys, masks)) in
-            parts.zip(out.keys.chunks_mut(per).zip(out.masks.chunks_mut(per)))
-        {
-            let part = BlockKeys {
-                queries,
-                keys,
-                masks,
-                ..out
-            };
-            block_keys_multi(level, layout, block, luts, part);
-        }
-        return;
-    }
-    let block = &block[..layout.block_bytes()];
-    let full = out.scales.len() == BLOCK && (out.biases.is_empty() || out.biases.len() == BLOCK);
+    let n = out.scales.len();
+    let full = n == nblocks * BLOCK && (out.biases.is_empty() || out.biases.len() == n);
+    assert!(
+        full || (nblocks == 1 && n <= BLOCK && (out.biases.is_empty() || out.biases.len() == n)),
+        "a run of several blocks holds full blocks"
+    );
+    let bb = layout.block_bytes();
+    let blocks = &blocks[..nblocks * bb];
     #[cfg(target_arch = "x86_64")]
-    if full && vbmi_kernels(level, layout, block, luts, Out::Keys(&mut out)) {
+    if full && vbmi_kernels(level, layout, blocks, luts, Out::Keys(&mut out)) {
         return;
     }
     let mut sums = [[0i32; BLOCK]; MULTI];
     let sums = &mut sums[..nq];
-    block_sums_multi(level, layout, block, luts, sums);
-    let rows = out.keys.iter_mut().zip(out.masks.iter_mut());
-    for ((q, s), (keys, mask)) in out.queries.iter().zip(sums.iter()).zip(rows) {
-        *mask = keys_from_sums(
-            level,
-            s,
-            q.delta,
-            q.base,
-            out.scales,
-            out.biases,
-            q.threshold,
-            keys,
+    for b in 0..nblocks {
+        block_sums_multi(level, layout, &blocks[b * bb..], luts, sums);
+        let span = b * BLOCK..((b + 1) * BLOCK).min(n);
+        let (scales, biases) = (
+            &out.scales[span.clone()],
+            out.biases.get(span).unwrap_or(&[]),
         );
+        let rows = out.keys[b * nq..].iter_mut().zip(&mut out.masks[b * nq..]);
+        for ((q, s), (keys, mask)) in out.queries.iter().zip(sums.iter()).zip(rows) {
+            *mask = keys_from_sums(level, s, q.delta, q.base, scales, biases, q.threshold, keys);
+        }
     }
 }
 
-/// Where an AVX-512 VBMI kernel puts each query's results for the block.
+/// Where an AVX-512 kernel puts each query's results.
 #[cfg(target_arch = "x86_64")]
 pub enum Out<'a, 'b> {
-    /// The integer sums, one row per query.
+    /// The integer sums of one block, one row per query.
     Sums(&'a mut [[i32; BLOCK]]),
-    /// The keys and threshold masks (the block is full).
+    /// The keys and threshold masks of a run of full blocks.
     Keys(&'a mut BlockKeys<'b>),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Out<'_, '_> {
+    /// Blocks the kernel walks for `q` queries.
+    fn blocks(&self, q: usize) -> usize {
+        match self {
+            Out::Sums(_) => 1,
+            Out::Keys(k) => k.keys.len() / q,
+        }
+    }
 }
 
 /// The first `Q` of `luts`, each cut to `n` bytes, as an array (a plain loop: the
@@ -403,19 +412,21 @@ mod x86 {
         }
     }
 
-    /// Hands each query's block results to `out`: vectors 0..16 sum `lo[q]`'s `ACC`
-    /// accumulators, vectors 16..32 `hi[q]`'s; as rows of sums, or as keys and masks.
+    /// Hands each query's results for block `b` of the run to `out`: vectors 0..16 sum
+    /// `lo[q]`'s `ACC` accumulators, vectors 16..32 `hi[q]`'s; as rows of sums, or as keys
+    /// and masks.
     ///
     /// Always inlined into its kernel (which enables AVX-512 F), so that the accumulators
     /// stay in registers.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F; for [`Out::Keys`] the block is full.
+    /// The CPU must support AVX-512 F; for [`Out::Keys`] block `b` is full.
     #[inline(always)]
     unsafe fn finish<const Q: usize, const ACC: usize>(
         lo: &[[__m512i; ACC]; Q],
         hi: &[[__m512i; ACC]; Q],
-        out: Out<'_, '_>,
+        out: &mut Out<'_, '_>,
+        b: usize,
     ) {
         let sum = |a: &[__m512i; ACC]| a[1..].iter().fold(a[0], |s, &v| _mm512_add_epi32(s, v));
         match out {
@@ -429,17 +440,24 @@ mod x86 {
                 }
             }
             Out::Keys(k) => {
+                let span = b * BLOCK..(b + 1) * BLOCK;
+                let scales = &k.scales[span.clone()];
+                let biases = if k.biases.is_empty() {
+                    &[][..]
+                } else {
+                    &k.biases[span]
+                };
                 for q in 0..Q {
-                    let (query, keys) = (&k.queries[q], &mut k.keys[q]);
-                    // SAFETY: the block is full (`Out::Keys`' contract): `scales` has `BLOCK`
-                    // entries and `biases` none or `BLOCK`.
+                    let (query, keys) = (&k.queries[q], &mut k.keys[b * Q + q]);
+                    // SAFETY: block `b` is full: `scales` has `BLOCK` entries, `biases` none
+                    // or `BLOCK`.
                     let (l, h) = unsafe {
                         (
-                            key_half(sum(&lo[q]), query, k.scales, k.biases, 0, keys),
-                            key_half(sum(&hi[q]), query, k.scales, k.biases, 1, keys),
+                            key_half(sum(&lo[q]), query, scales, biases, 0, keys),
+                            key_half(sum(&hi[q]), query, scales, biases, 1, keys),
                         )
                     };
-                    k.masks[q] = l as u32 | (h as u32) << 16;
+                    k.masks[b * Q + q] = l as u32 | (h as u32) << 16;
                 }
             }
         }
@@ -456,7 +474,7 @@ mod x86 {
     /// `16 · groups` bytes, `groups` is a multiple of 4 and `out` has `Q` rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     pub unsafe fn nibble_vnni<const Q: usize, const ACC: usize>(
-        block: &[u8],
+        blocks: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
         out: Out<'_, '_>,
@@ -464,24 +482,29 @@ mod x86 {
         let mask = _mm512_set1_epi8(0x0F);
         let sel = _mm512_set1_epi32(0x3020_1000);
         let ones = _mm512_set1_epi8(1);
-        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
-        let mut hi = lo;
-        let step = |c: usize, a: usize| {
-            // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
-            let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
-            // (x & 0x0F) | sel, as one ternary-logic op (A & B) | C.
-            let il = _mm512_ternarylogic_epi32::<0xEA>(x, mask, sel);
-            let ih = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(x), mask, sel);
-            for q in 0..Q {
-                // SAFETY: as above, for each table.
-                let t = unsafe { _mm512_loadu_si512(luts[q].as_ptr().add(64 * c).cast()) };
-                lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], _mm512_permutexvar_epi8(il, t), ones);
-                hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], _mm512_permutexvar_epi8(ih, t), ones);
-            }
-        };
-        rotate::<ACC>(groups / 4, step);
-        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-        unsafe { finish(&lo, &hi, out) };
+        let mut out = out;
+        for b in 0..out.blocks(Q) {
+            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
+            let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
+            let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+            let mut hi = lo;
+            let step = |c: usize, a: usize| {
+                // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
+                let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
+                // (x & 0x0F) | sel, as one ternary-logic op (A & B) | C.
+                let il = _mm512_ternarylogic_epi32::<0xEA>(x, mask, sel);
+                let ih = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(x), mask, sel);
+                for q in 0..Q {
+                    // SAFETY: as above, for each table.
+                    let t = unsafe { _mm512_loadu_si512(luts[q].as_ptr().add(64 * c).cast()) };
+                    lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], _mm512_permutexvar_epi8(il, t), ones);
+                    hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], _mm512_permutexvar_epi8(ih, t), ones);
+                }
+            };
+            rotate::<ACC>(groups / 4, step);
+            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+            unsafe { finish(&lo, &hi, &mut out, b) };
+        }
     }
 
     /// AVX2 nibble kernel: half a quad (8 vectors' bytes) per register; each of the quad's four
@@ -549,7 +572,7 @@ mod x86 {
     /// `luts[q]` `LEVEL_TABLE + groups`, `groups` is a multiple of 4 and `out` has `Q` rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     pub unsafe fn int8_vnni<const Q: usize, const ACC: usize>(
-        block: &[u8],
+        blocks: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
         out: Out<'_, '_>,
@@ -557,31 +580,36 @@ mod x86 {
         // SAFETY: every table opens with its `LEVEL_TABLE` = 64 level bytes; all queries
         // share the same levels (one codebook).
         let levels = unsafe { _mm512_loadu_si512(luts[0].as_ptr().cast()) };
-        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
-        let mut hi = lo;
-        let step = |c: usize, a: usize| {
-            // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's contract).
-            let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
-            let vl = _mm512_permutexvar_epi8(x, levels);
-            let vh = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(x), levels);
-            for q in 0..Q {
-                // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's contract).
-                let w = unsafe {
-                    _mm512_set1_epi32(
-                        luts[q]
-                            .as_ptr()
-                            .add(LEVEL_TABLE + 4 * c)
-                            .cast::<i32>()
-                            .read_unaligned(),
-                    )
-                };
-                lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], vl, w);
-                hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], vh, w);
-            }
-        };
-        rotate::<ACC>(groups / 4, step);
-        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-        unsafe { finish(&lo, &hi, out) };
+        let mut out = out;
+        for b in 0..out.blocks(Q) {
+            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
+            let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
+            let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+            let mut hi = lo;
+            let step = |c: usize, a: usize| {
+                // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's contract).
+                let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
+                let vl = _mm512_permutexvar_epi8(x, levels);
+                let vh = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(x), levels);
+                for q in 0..Q {
+                    // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's contract).
+                    let w = unsafe {
+                        _mm512_set1_epi32(
+                            luts[q]
+                                .as_ptr()
+                                .add(LEVEL_TABLE + 4 * c)
+                                .cast::<i32>()
+                                .read_unaligned(),
+                        )
+                    };
+                    lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], vl, w);
+                    hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], vh, w);
+                }
+            };
+            rotate::<ACC>(groups / 4, step);
+            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+            unsafe { finish(&lo, &hi, &mut out, b) };
+        }
     }
 
     /// Defines an AVX-512 BW int8-query kernel (no VBMI) for `Q` queries at once: per quad,
@@ -595,7 +623,7 @@ mod x86 {
             $(#[$doc])*
             #[target_feature(enable = $features)]
             pub unsafe fn $name<const Q: usize, const ACC: usize>(
-                block: &[u8],
+                blocks: &[u8],
                 luts: [&[u8]; Q],
                 groups: usize,
                 out: Out<'_, '_>,
@@ -614,7 +642,11 @@ mod x86 {
                         _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, ones16))
                     }
                 };
-                let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+                let mut out = out;
+        for b in 0..out.blocks(Q) {
+        // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
+        let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
+        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
                 let mut hi = lo;
                 let step = |c: usize, a: usize| {
                     // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's
@@ -640,7 +672,8 @@ mod x86 {
                 rotate::<ACC>(groups / 4, step);
                 // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's
                 // contract).
-                unsafe { finish(&lo, &hi, out) };
+                unsafe { finish(&lo, &hi, &mut out, b) };
+        }
             }
         };
     }
@@ -730,7 +763,7 @@ mod x86 {
     /// rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     pub unsafe fn pair_int8_vnni<const Q: usize, const ACC: usize>(
-        block: &[u8],
+        blocks: &[u8],
         luts: [&[u8]; Q],
         groups: usize,
         out: Out<'_, '_>,
@@ -751,37 +784,43 @@ mod x86 {
             )
         };
         let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
-        let mut acc = [[[_mm512_setzero_si512(); ACC]; Q]; 2];
-        let step = |t: usize, a: usize| {
-            for (h, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: the masked load reads bytes `96 t + 48 h .. + 48` only (masked-out
-                // bytes are not accessed), inside the block's `24 · groups` bytes.
-                let x = unsafe {
-                    _mm512_maskz_loadu_epi8(
-                        0xFFFF_FFFF_FFFF,
-                        block.as_ptr().add(96 * t + 48 * h).cast(),
-                    )
-                };
-                let codes = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, x));
-                let va = _mm512_permutexvar_epi8(codes, first);
-                let vb = _mm512_permutexvar_epi8(codes, second);
-                for q in 0..Q {
-                    // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
-                    let (wa, wb) = unsafe {
-                        let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
-                        (
-                            _mm512_set1_epi32(p.cast::<i32>().read_unaligned()),
-                            _mm512_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
+        let mut out = out;
+        for b in 0..out.blocks(Q) {
+            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
+            let block = &blocks[b * 24 * groups..(b + 1) * 24 * groups];
+            let mut acc = [[[_mm512_setzero_si512(); ACC]; Q]; 2];
+            let step = |t: usize, a: usize| {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the masked load reads bytes `96 t + 48 h .. + 48` only (masked-out
+                    // bytes are not accessed), inside the block's `24 · groups` bytes.
+                    let x = unsafe {
+                        _mm512_maskz_loadu_epi8(
+                            0xFFFF_FFFF_FFFF,
+                            block.as_ptr().add(96 * t + 48 * h).cast(),
                         )
                     };
-                    let s = _mm512_dpbusd_epi32(acc[q][a], va, wa);
-                    acc[q][a] = _mm512_dpbusd_epi32(s, vb, wb);
+                    let codes =
+                        _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, x));
+                    let va = _mm512_permutexvar_epi8(codes, first);
+                    let vb = _mm512_permutexvar_epi8(codes, second);
+                    for q in 0..Q {
+                        // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
+                        let (wa, wb) = unsafe {
+                            let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
+                            (
+                                _mm512_set1_epi32(p.cast::<i32>().read_unaligned()),
+                                _mm512_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
+                            )
+                        };
+                        let s = _mm512_dpbusd_epi32(acc[q][a], va, wa);
+                        acc[q][a] = _mm512_dpbusd_epi32(s, vb, wb);
+                    }
                 }
-            }
-        };
-        rotate::<ACC>(groups / 4, step);
-        // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-        unsafe { finish(&acc[0], &acc[1], out) };
+            };
+            rotate::<ACC>(groups / 4, step);
+            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
+            unsafe { finish(&acc[0], &acc[1], &mut out, b) };
+        }
     }
 
     /// AVX2 int8-query pair (3-bit) kernel for `Q ≤ 4` queries at once: per 24 bytes (8
@@ -930,7 +969,9 @@ mod tests {
                             "{level:?} multi {q}"
                         );
                     }
-                    keys_match_the_scalar_reference(level, &layout, &block, &luts, &rows);
+                    if q <= queries_per_pass(&layout) {
+                        keys_match_the_scalar_reference(level, &layout, &block, &luts, &rows);
+                    }
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -1002,6 +1043,72 @@ mod tests {
                     );
                     assert_eq!(masks[i], m, "{family:?} query {i}");
                     assert_eq!(keys[i].map(f32::to_bits), want_keys.map(f32::to_bits));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_of_blocks_equals_its_blocks_one_by_one() {
+        for (dim, bits) in [(384usize, 4u8), (100, 2), (37, 1), (70, 3), (128, 2)] {
+            let layout = Layout::new(dim, bits);
+            let (nb, bb) = (5, layout.block_bytes());
+            let blocks: Vec<u8> = (0..nb * bb).map(|i| (i * 131 + i / 7) as u8).collect();
+            let mut lut: Vec<u8> = (0..layout.lut_bytes())
+                .map(|i| (i * 17 % 251) as u8)
+                .collect();
+            if layout.int8_query() {
+                let levels: Vec<u8> = (0..16).map(|i| (i * 8) as u8).collect();
+                let table = layout.level_table(&levels);
+                lut[..table.len()].copy_from_slice(&table);
+            }
+            let scales: Vec<f32> = (0..nb * BLOCK)
+                .map(|v| 0.75 + (v % 13) as f32 / 10.0)
+                .collect();
+            let biases: Vec<f32> = (0..nb * BLOCK).map(|v| (v % 7) as f32 - 3.0).collect();
+            for level in SimdLevel::available() {
+                for q in 1..=queries_per_pass(&layout) {
+                    let luts = vec![&lut[..]; q];
+                    let queries: Vec<KeyQuery> = (0..q)
+                        .map(|i| KeyQuery {
+                            delta: 0.5 / (i + 1) as f32,
+                            base: -2.0,
+                            threshold: 40.0 * i as f32,
+                        })
+                        .collect();
+                    for biases in [&biases[..], &[]] {
+                        let mut keys = vec![[0.0f32; BLOCK]; nb * q];
+                        let mut masks = vec![0u32; nb * q];
+                        let out = BlockKeys {
+                            queries: &queries,
+                            scales: &scales,
+                            biases,
+                            keys: &mut keys,
+                            masks: &mut masks,
+                        };
+                        block_keys_multi(level, &layout, &blocks, &luts, out);
+                        for b in 0..nb {
+                            let span = b * BLOCK..(b + 1) * BLOCK;
+                            let mut one_keys = vec![[0.0f32; BLOCK]; q];
+                            let mut one_masks = vec![0u32; q];
+                            let out = BlockKeys {
+                                queries: &queries,
+                                scales: &scales[span.clone()],
+                                biases: biases.get(span).unwrap_or(&[]),
+                                keys: &mut one_keys,
+                                masks: &mut one_masks,
+                            };
+                            block_keys_multi(level, &layout, &blocks[b * bb..], &luts, out);
+                            assert_eq!(
+                                &masks[b * q..(b + 1) * q],
+                                &one_masks[..],
+                                "{level:?} {layout:?} block {b}"
+                            );
+                            for (i, k) in one_keys.iter().enumerate() {
+                                assert_eq!(keys[b * q + i].map(f32::to_bits), k.map(f32::to_bits));
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -51,42 +51,7 @@ impl Scan<'_> {
         let tables = &self.tables[queries];
         assert_eq!(tables.len(), tops.len(), "one selection per query");
         if self.index.layout.group_bits() > 0 && !self.float_tables {
-            let mut keys = [[0.0f32; BLOCK]; MULTI];
-            let mut masks = [0u32; MULTI];
-            let mut params = [KeyQuery {
-                delta: 0.0,
-                base: 0.0,
-                threshold: 0.0,
-            }; MULTI];
-            let per = queries_per_pass(&self.index.layout);
-            let luts: Vec<&[u8]> = tables.iter().map(|t| &t.lut[..]).collect();
-            for t0 in blocks.clone().step_by(TILE_BLOCKS) {
-                let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
-                let passes = tables.chunks(per).zip(luts.chunks(per));
-                for ((group, luts), tops) in passes.zip(tops.chunks_mut(per)) {
-                    let nq = group.len();
-                    for view in tile.clone().filter_map(|b| self.block(b)) {
-                        for ((p, t), top) in params.iter_mut().zip(group).zip(tops.iter()) {
-                            *p = KeyQuery {
-                                delta: t.delta,
-                                base: t.base,
-                                threshold: top.threshold(),
-                            };
-                        }
-                        let out = BlockKeys {
-                            queries: &params[..nq],
-                            scales: view.scales,
-                            biases: view.biases,
-                            keys: &mut keys[..nq],
-                            masks: &mut masks[..nq],
-                        };
-                        block_keys_multi(self.level, &self.index.layout, view.codes, luts, out);
-                        for ((top, &hits), keys) in tops.iter_mut().zip(&masks).zip(&keys) {
-                            push(top, &view, hits, keys);
-                        }
-                    }
-                }
-            }
+            self.run_kernels(tables, blocks, tops);
         } else {
             // The reference / rows path: one query at a time over the whole range.
             let mut est = [0.0f32; BLOCK];
@@ -105,7 +70,83 @@ impl Scan<'_> {
                         top.threshold(),
                         &mut keys,
                     );
-                    push(top, &view, hits, &keys);
+                    push(top, view.first_slot, view.mask & hits, &keys);
+                }
+            }
+        }
+    }
+
+    /// The integer-kernel scan: tiles of [`TILE_BLOCKS`] blocks, each scanned by every pass
+    /// of up to [`queries_per_pass`] queries. A tile of full blocks that all hold an allowed
+    /// slot is one kernel call (the thresholds of its keys are the queries' at the tile's
+    /// start: a lower threshold only offers more hits to the top-k); otherwise blocks go one
+    /// at a time and blocks without an allowed slot are skipped.
+    fn run_kernels(&self, tables: &[QueryTables], blocks: Range<usize>, tops: &mut [TopK]) {
+        let ix = self.index;
+        let layout = &ix.layout;
+        let (bb, full_blocks) = (layout.block_bytes(), ix.ids.slots() / BLOCK);
+        let mut keys = vec![[0.0f32; BLOCK]; TILE_BLOCKS * MULTI];
+        let mut masks = [0u32; TILE_BLOCKS * MULTI];
+        let mut params = [KeyQuery {
+            delta: 0.0,
+            base: 0.0,
+            threshold: 0.0,
+        }; MULTI];
+        let per = queries_per_pass(layout);
+        let luts: Vec<&[u8]> = tables.iter().map(|t| &t.lut[..]).collect();
+        for t0 in blocks.clone().step_by(TILE_BLOCKS) {
+            let tile = t0..(t0 + TILE_BLOCKS).min(blocks.end);
+            // Slots each block may offer (all, or the filter's); a tile with a block that has
+            // none goes block by block, so that a selective filter skips the scan.
+            let allowed = |b: usize| self.allowed.map_or(u32::MAX, |a| block_bits(a, b));
+            let whole = tile.end <= full_blocks && tile.clone().all(|b| allowed(b) != 0);
+            let passes = tables.chunks(per).zip(luts.chunks(per));
+            for ((group, luts), tops) in passes.zip(tops.chunks_mut(per)) {
+                let nq = group.len();
+                let mut set_params = |tops: &[TopK]| {
+                    for ((p, t), top) in params.iter_mut().zip(group).zip(tops) {
+                        *p = KeyQuery {
+                            delta: t.delta,
+                            base: t.base,
+                            threshold: top.threshold(),
+                        };
+                    }
+                    params
+                };
+                if whole {
+                    let params = set_params(tops);
+                    let (nb, slots) = (tile.len(), tile.start * BLOCK..tile.end * BLOCK);
+                    let out = BlockKeys {
+                        queries: &params[..nq],
+                        scales: &ix.scales[slots.clone()],
+                        biases: ix.biases.get(slots).unwrap_or(&[]),
+                        keys: &mut keys[..nb * nq],
+                        masks: &mut masks[..nb * nq],
+                    };
+                    let codes = &ix.codes.as_slice()[tile.start * bb..tile.end * bb];
+                    block_keys_multi(self.level, layout, codes, luts, out);
+                    for (i, b) in tile.clone().enumerate() {
+                        let rows = masks[i * nq..].iter().zip(&keys[i * nq..]);
+                        let allowed = allowed(b);
+                        for (top, (&hits, keys)) in tops.iter_mut().zip(rows) {
+                            push(top, b * BLOCK, allowed & hits, keys);
+                        }
+                    }
+                    continue;
+                }
+                for view in tile.clone().filter_map(|b| self.block(b)) {
+                    let params = set_params(tops);
+                    let out = BlockKeys {
+                        queries: &params[..nq],
+                        scales: view.scales,
+                        biases: view.biases,
+                        keys: &mut keys[..nq],
+                        masks: &mut masks[..nq],
+                    };
+                    block_keys_multi(self.level, layout, view.codes, luts, out);
+                    for ((top, &hits), keys) in tops.iter_mut().zip(&masks).zip(&keys) {
+                        push(top, view.first_slot, view.mask & hits, keys);
+                    }
                 }
             }
         }
@@ -167,16 +208,17 @@ impl Scan<'_> {
     }
 }
 
-/// Offers the block's allowed vectors whose key passed the threshold (`hits`) to `top`.
+/// Offers the vectors of the block at `first_slot` whose bit is set in `hits` (allowed and
+/// with a key at or above the threshold) to `top`.
 #[inline]
-fn push(top: &mut TopK, view: &BlockView<'_>, hits: u32, keys: &[f32; BLOCK]) {
-    let mut m = view.mask & hits;
+fn push(top: &mut TopK, first_slot: usize, hits: u32, keys: &[f32; BLOCK]) {
+    let mut m = hits;
     while m != 0 {
         let v = m.trailing_zeros() as usize;
         m &= m - 1;
         top.push(Hit {
             score: keys[v],
-            slot: view.first_slot + v,
+            slot: first_slot + v,
         });
     }
 }

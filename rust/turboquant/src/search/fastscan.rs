@@ -463,6 +463,28 @@ mod x86 {
         }
     }
 
+    /// Runs `scan` on each block of the run `out` asks for (`bytes` per block, accumulators
+    /// zeroed: `lo` for vectors 0..16, `hi` for 16..32) and hands them to [`finish`].
+    ///
+    /// # Safety
+    /// Inlined into a kernel that enables AVX-512 F; `blocks` holds `out.blocks(Q)` blocks,
+    /// full ones for [`Out::Keys`].
+    #[inline(always)]
+    unsafe fn for_each_block<const Q: usize, const ACC: usize>(
+        blocks: &[u8],
+        bytes: usize,
+        mut out: Out<'_, '_>,
+        mut scan: impl FnMut(&[u8], &mut [[__m512i; ACC]; Q], &mut [[__m512i; ACC]; Q]),
+    ) {
+        for b in 0..out.blocks(Q) {
+            let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
+            let mut hi = lo;
+            scan(&blocks[b * bytes..(b + 1) * bytes], &mut lo, &mut hi);
+            // SAFETY: AVX-512 F is enabled by the kernel; block `b` is full for keys.
+            unsafe { finish(&lo, &hi, &mut out, b) };
+        }
+    }
+
     /// AVX-512 VBMI + VNNI nibble kernel for `Q` queries at once (codes are decoded once per
     /// quad): one quad (4 groups × 32 vectors, 64 bytes) per step. `vpermb` looks each nibble up
     /// in the quad's four 16-entry tables (index `16 j + code` for byte `4 i + j`), `vpdpbusd`
@@ -482,12 +504,7 @@ mod x86 {
         let mask = _mm512_set1_epi8(0x0F);
         let sel = _mm512_set1_epi32(0x3020_1000);
         let ones = _mm512_set1_epi8(1);
-        let mut out = out;
-        for b in 0..out.blocks(Q) {
-            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
-            let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
-            let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
-            let mut hi = lo;
+        let scan = |block: &[u8], lo: &mut [[__m512i; ACC]; Q], hi: &mut [[__m512i; ACC]; Q]| {
             let step = |c: usize, a: usize| {
                 // SAFETY: `64 c + 64 ≤ 16 · groups` = the slice lengths (caller's contract).
                 let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
@@ -502,9 +519,10 @@ mod x86 {
                 }
             };
             rotate::<ACC>(groups / 4, step);
-            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-            unsafe { finish(&lo, &hi, &mut out, b) };
-        }
+        };
+        // SAFETY: AVX-512 F is enabled here; `blocks` holds `out.blocks(Q)` blocks and,
+        // for keys, full ones (caller's contract).
+        unsafe { for_each_block::<Q, ACC>(blocks, 16 * groups, out, scan) };
     }
 
     /// AVX2 nibble kernel: half a quad (8 vectors' bytes) per register; each of the quad's four
@@ -580,12 +598,7 @@ mod x86 {
         // SAFETY: every table opens with its `LEVEL_TABLE` = 64 level bytes; all queries
         // share the same levels (one codebook).
         let levels = unsafe { _mm512_loadu_si512(luts[0].as_ptr().cast()) };
-        let mut out = out;
-        for b in 0..out.blocks(Q) {
-            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
-            let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
-            let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
-            let mut hi = lo;
+        let scan = |block: &[u8], lo: &mut [[__m512i; ACC]; Q], hi: &mut [[__m512i; ACC]; Q]| {
             let step = |c: usize, a: usize| {
                 // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's contract).
                 let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * c).cast()) };
@@ -607,9 +620,10 @@ mod x86 {
                 }
             };
             rotate::<ACC>(groups / 4, step);
-            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-            unsafe { finish(&lo, &hi, &mut out, b) };
-        }
+        };
+        // SAFETY: AVX-512 F is enabled here; `blocks` holds `out.blocks(Q)` blocks and,
+        // for keys, full ones (caller's contract).
+        unsafe { for_each_block::<Q, ACC>(blocks, 16 * groups, out, scan) };
     }
 
     /// Defines an AVX-512 BW int8-query kernel (no VBMI) for `Q` queries at once: per quad,
@@ -642,12 +656,7 @@ mod x86 {
                         _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, ones16))
                     }
                 };
-                let mut out = out;
-        for b in 0..out.blocks(Q) {
-        // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
-        let block = &blocks[b * 16 * groups..(b + 1) * 16 * groups];
-        let mut lo = [[_mm512_setzero_si512(); ACC]; Q];
-                let mut hi = lo;
+                let scan = |block: &[u8], lo: &mut [[__m512i; ACC]; Q], hi: &mut [[__m512i; ACC]; Q]| {
                 let step = |c: usize, a: usize| {
                     // SAFETY: `64 c + 64 ≤ 16 · groups` = the block's length (caller's
                     // contract).
@@ -670,10 +679,10 @@ mod x86 {
                     }
                 };
                 rotate::<ACC>(groups / 4, step);
-                // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's
-                // contract).
-                unsafe { finish(&lo, &hi, &mut out, b) };
-        }
+        };
+        // SAFETY: AVX-512 F is enabled here; `blocks` holds `out.blocks(Q)` blocks and,
+        // for keys, full ones (caller's contract).
+        unsafe { for_each_block::<Q, ACC>(blocks, 16 * groups, out, scan) };
             }
         };
     }
@@ -784,13 +793,9 @@ mod x86 {
             )
         };
         let shifts = _mm512_set1_epi64(0x2A24_1E18_120C_0600);
-        let mut out = out;
-        for b in 0..out.blocks(Q) {
-            // The caller's contract: `blocks` holds `out.blocks(Q)` blocks.
-            let block = &blocks[b * 24 * groups..(b + 1) * 24 * groups];
-            let mut acc = [[[_mm512_setzero_si512(); ACC]; Q]; 2];
+        let scan = |block: &[u8], lo: &mut [[__m512i; ACC]; Q], hi: &mut [[__m512i; ACC]; Q]| {
             let step = |t: usize, a: usize| {
-                for (h, acc) in acc.iter_mut().enumerate() {
+                for (h, acc) in [&mut *lo, &mut *hi].into_iter().enumerate() {
                     // SAFETY: the masked load reads bytes `96 t + 48 h .. + 48` only (masked-out
                     // bytes are not accessed), inside the block's `24 · groups` bytes.
                     let x = unsafe {
@@ -818,9 +823,10 @@ mod x86 {
                 }
             };
             rotate::<ACC>(groups / 4, step);
-            // SAFETY: AVX-512 F is enabled here; for keys the block is full (caller's contract).
-            unsafe { finish(&acc[0], &acc[1], &mut out, b) };
-        }
+        };
+        // SAFETY: AVX-512 F is enabled here; `blocks` holds `out.blocks(Q)` blocks and,
+        // for keys, full ones (caller's contract).
+        unsafe { for_each_block::<Q, ACC>(blocks, 24 * groups, out, scan) };
     }
 
     /// AVX2 int8-query pair (3-bit) kernel for `Q ≤ 4` queries at once: per 24 bytes (8

@@ -23,10 +23,11 @@
 //!   query's even and odd coordinates of the span as broadcast dwords); AVX2: `pshufb` + shifts
 //!   cut out 32 codes per 24 bytes, `pshufb` on the 8 levels, `pmaddubsw` + `pmaddwd`.
 //!
-//! [`block_keys_multi`] is the scan's entry: the ranking keys and threshold masks of a block
-//! for a pass of queries. The AVX-512 VBMI kernels compute them from the accumulators in
-//! registers (no round trip of the sums through memory); the others go through
-//! [`block_sums_multi`] and [`keys_from_sums`], with the same float operations.
+//! [`block_keys_multi`] is the scan's entry: the ranking keys and threshold masks of a run of
+//! blocks for a pass of queries. The AVX-512 kernels walk the run in one call and compute the
+//! keys from their accumulators in registers (no round trip of the sums through memory); the
+//! others go block by block through [`block_sums_multi`] and [`keys_from_sums`], with the same
+//! float operations.
 
 use super::layout::{Layout, BLOCK, LEVEL_TABLE};
 use super::score::{keys_from_sums, KeyQuery};

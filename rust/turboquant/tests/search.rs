@@ -245,8 +245,8 @@ fn metrics_and_reranking_find_the_true_neighbours() {
 
 #[test]
 fn single_query_equals_its_row_of_a_batch() {
-    // 2,000 vectors: single queries run on the calling thread; 12,000: a single query splits
-    // the blocks between the caller and the pool; batches go to the pool.
+    // 2,000 vectors: single queries run on the calling thread; 12,000: a single query (or a
+    // few) splits the blocks between the caller and the pool; batches go to the pool.
     for (n, d) in [(2000, 48), (12_000, 16)] {
         let (index, x) = sample_index(3, Metric::InnerProduct, false, n, d);
         let batch = index.search(&x[..20 * d], 5, &Filter::All).unwrap();
@@ -260,6 +260,12 @@ fn single_query_equals_its_row_of_a_batch() {
                 batch.scores[i * 5..(i + 1) * 5],
                 "n={n} query {i}"
             );
+        }
+        // A few queries (one kernel pass) share the blocks between the caller and the pool.
+        for nq in [2, 5, 8] {
+            let few = index.search(&x[..nq * d], 5, &Filter::All).unwrap();
+            assert_eq!(few.ids, batch.ids[..nq * 5], "n={n}, {nq} queries");
+            assert_eq!(few.scores, batch.scores[..nq * 5], "n={n}, {nq} queries");
         }
     }
 }

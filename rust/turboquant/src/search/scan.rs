@@ -113,7 +113,9 @@ impl Scan<'_> {
                     }
                     params
                 };
-                if whole {
+                // Until a query keeps `k` hits its threshold is −∞ and every vector of a whole
+                // tile would be offered: go block by block until then.
+                if whole && tops.iter().all(|t| t.threshold() > f32::NEG_INFINITY) {
                     let params = set_params(tops);
                     let (nb, slots) = (tile.len(), tile.start * BLOCK..tile.end * BLOCK);
                     let out = BlockKeys {

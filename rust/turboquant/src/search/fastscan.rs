@@ -398,6 +398,16 @@ mod x86 {
     use super::{Out, BLOCK, LEVEL_TABLE};
     use std::arch::x86_64::*;
 
+    /// The 4 query bytes at `at` of a table as one dword (the kernels broadcast it).
+    ///
+    /// # Safety
+    /// `at + 4 ≤ lut.len()`.
+    #[inline(always)]
+    unsafe fn dword(lut: &[u8], at: usize) -> i32 {
+        // SAFETY: `at + 4 ≤ lut.len()` (caller's contract).
+        unsafe { lut.as_ptr().add(at).cast::<i32>().read_unaligned() }
+    }
+
     /// Calls `step(i, a)` for every `i < n`, cycling `a` through `ACC` independent
     /// accumulators in runs of `ACC` (the tail uses slot 0).
     #[inline(always)]
@@ -607,15 +617,7 @@ mod x86 {
                 let vh = _mm512_permutexvar_epi8(_mm512_srli_epi16::<4>(x), levels);
                 for q in 0..Q {
                     // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's contract).
-                    let w = unsafe {
-                        _mm512_set1_epi32(
-                            luts[q]
-                                .as_ptr()
-                                .add(LEVEL_TABLE + 4 * c)
-                                .cast::<i32>()
-                                .read_unaligned(),
-                        )
-                    };
+                    let w = _mm512_set1_epi32(unsafe { dword(luts[q], LEVEL_TABLE + 4 * c) });
                     lo[q][a] = _mm512_dpbusd_epi32(lo[q][a], vl, w);
                     hi[q][a] = _mm512_dpbusd_epi32(hi[q][a], vh, w);
                 }
@@ -668,13 +670,7 @@ mod x86 {
                     for q in 0..Q {
                         // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ LEVEL_TABLE + groups` (caller's
                         // contract).
-                        let w = _mm512_set1_epi32(unsafe {
-                            luts[q]
-                                .as_ptr()
-                                .add(LEVEL_TABLE + 4 * c)
-                                .cast::<i32>()
-                                .read_unaligned()
-                        });
+                        let w = _mm512_set1_epi32(unsafe { dword(luts[q], LEVEL_TABLE + 4 * c) });
                         lo[q][a] = mac(lo[q][a], vl, w);
                         hi[q][a] = mac(hi[q][a], vh, w);
                     }
@@ -738,13 +734,7 @@ mod x86 {
                     _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask));
                 for q in 0..Q {
                     // SAFETY: `LEVEL_TABLE + 4 c + 4 ≤ luts[q].len()` (caller's contract).
-                    let w = _mm256_set1_epi32(unsafe {
-                        luts[q]
-                            .as_ptr()
-                            .add(LEVEL_TABLE + 4 * c)
-                            .cast::<i32>()
-                            .read_unaligned()
-                    });
+                    let w = _mm256_set1_epi32(unsafe { dword(luts[q], LEVEL_TABLE + 4 * c) });
                     let sl = _mm256_madd_epi16(_mm256_maddubs_epi16(vl, w), ones16);
                     let sh = _mm256_madd_epi16(_mm256_maddubs_epi16(vh, w), ones16);
                     acc[q][h] = _mm256_add_epi32(acc[q][h], sl);
@@ -810,14 +800,10 @@ mod x86 {
                     let va = _mm512_permutexvar_epi8(codes, first);
                     let vb = _mm512_permutexvar_epi8(codes, second);
                     for q in 0..Q {
-                        // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
-                        let (wa, wb) = unsafe {
-                            let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
-                            (
-                                _mm512_set1_epi32(p.cast::<i32>().read_unaligned()),
-                                _mm512_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
-                            )
-                        };
+                        let at = 2 * LEVEL_TABLE + 8 * t;
+                        // SAFETY: bytes `at .. at + 8` of each table are in bounds (caller's contract).
+                        let (wa, wb) = unsafe { (dword(luts[q], at), dword(luts[q], at + 4)) };
+                        let (wa, wb) = (_mm512_set1_epi32(wa), _mm512_set1_epi32(wb));
                         let s = _mm512_dpbusd_epi32(acc[q][a], va, wa);
                         acc[q][a] = _mm512_dpbusd_epi32(s, vb, wb);
                     }
@@ -889,14 +875,10 @@ mod x86 {
                 let lb =
                     _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16::<3>(c), seven));
                 for q in 0..Q {
-                    // SAFETY: bytes `2 · LEVEL_TABLE + 8 t .. + 8` of each table, in bounds.
-                    let (wa, wb) = unsafe {
-                        let p = luts[q].as_ptr().add(2 * LEVEL_TABLE + 8 * t);
-                        (
-                            _mm256_set1_epi32(p.cast::<i32>().read_unaligned()),
-                            _mm256_set1_epi32(p.add(4).cast::<i32>().read_unaligned()),
-                        )
-                    };
+                    let at = 2 * LEVEL_TABLE + 8 * t;
+                    // SAFETY: bytes `at .. at + 8` of each table are in bounds (caller's contract).
+                    let (wa, wb) = unsafe { (dword(luts[q], at), dword(luts[q], at + 4)) };
+                    let (wa, wb) = (_mm256_set1_epi32(wa), _mm256_set1_epi32(wb));
                     let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(la, wa), ones16);
                     let sb = _mm256_madd_epi16(_mm256_maddubs_epi16(lb, wb), ones16);
                     acc[q] = _mm256_add_epi32(acc[q], _mm256_add_epi32(sa, sb));

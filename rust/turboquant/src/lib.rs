@@ -23,6 +23,7 @@ pub mod codebook;
 pub mod entropy;
 pub mod error;
 pub mod format;
+pub mod kv;
 pub mod packing;
 pub mod parallel;
 pub mod quantizer;

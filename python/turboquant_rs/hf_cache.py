@@ -514,6 +514,7 @@ class TurboQuantCache(Cache):
             raise ValueError("TurboQuantCache needs the model's config")
         tc = _text_config(config)
         self._tq_config = tc
+        self._tq_top_config = getattr(config, "config", config)
         self._tq_fingerprint = _fingerprint(tc)
         self._warned_dense = False
         self.bit_width = _check_bits(bit_width, "bit_width")
@@ -562,7 +563,13 @@ class TurboQuantCache(Cache):
                 "its cache holds latents and keys/values are rebuilt inside attention, so TurboQuant "
                 "codes cannot reach attention. Keep the model's own DynamicCache."
             )
-        head_dim, n_kv, _ = _head_dims(tc)
+        try:
+            head_dim, n_kv, _ = _head_dims(tc)
+        except ValueError as err:
+            raise ValueError(
+                f"config {type(tc).__name__} has no attention layers ({err}): there is no KV cache to "
+                "quantize (SSM/RNN models such as Mamba or RWKV keep a state, not keys and values)"
+            ) from err
         kinds, windows = layer_plan(tc)
         if not any(k in ATTENTION_KINDS or k.startswith("hybrid") for k in kinds):
             raise ValueError(
@@ -626,7 +633,10 @@ class TurboQuantCache(Cache):
     # -- state -------------------------------------------------------------------------------------
     def codes_attention_active(self) -> bool:
         """True when the model this cache serves runs the ``"turboquant"`` attention."""
-        return getattr(self._tq_config, "_attn_implementation", None) == ATTN_IMPLEMENTATION
+        for cfg in (self._tq_config, self._tq_top_config):
+            if getattr(cfg, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+                return True
+        return False
 
     def warn_dense_fallback(self) -> None:
         """Warn (once per cache) that attention is reading dense dequantized tensors."""
@@ -973,6 +983,7 @@ class TurboQuantDynamicCache(TurboQuantCache):
             return
         register_turboquant_attention()
         self._tq_config = None
+        self._tq_top_config = None
         self._tq_fingerprint = None
         self._warned_dense = False
         self.bit_width = self.key_bit_width = self.value_bit_width = _check_bits(bit_width, "bit_width")

@@ -115,14 +115,23 @@ def _device_id() -> int:
 
 
 def module(
-    dim: int, bits: int, kb: int | None = None, vb: int | None = None, rg: int = 4, dtype: str = "float32"
+    dim: int,
+    bits: int,
+    kb: int | None = None,
+    vb: int | None = None,
+    rg: int = 4,
+    dtype: str = "float32",
+    attn: bool = False,
 ) -> Any:
-    """The compiled RawModule for one configuration (compiled once per device and config)."""
-    kb = bits if kb is None else kb
-    vb = bits if vb is None else vb
+    """The compiled RawModule for one configuration (compiled once per device and config);
+    ``attn`` adds the attention kernels (widths ``kb``/``vb``, ``rg`` query rows per block)."""
+    if not attn:
+        kb = vb = rg = 0
+    kb = kb or bits
+    vb = vb or bits
     if dtype not in DTYPE_CODES:
         raise TypeError(f"unsupported dtype {dtype}: float32, float16 or bfloat16")
-    key = (_device_id(), dim, bits, kb, vb, rg, dtype)
+    key = (_device_id(), dim, bits, kb, vb, rg, dtype, attn)
     with _LOCK:
         mod = _MODULES.get(key)
         if mod is not None:
@@ -144,7 +153,8 @@ def module(
             "TQ_CELLS": int(cells),
             "TQ_KB": kb,
             "TQ_VB": vb,
-            "TQ_RG": rg,
+            "TQ_RG": max(rg, 1),
+            "TQ_WITH_ATTN": int(attn),
         }
         opts = ("-std=c++17",) + tuple(f"-D{k}={v}" for k, v in defs.items())
         mod = cp.RawModule(code=_source(), options=opts)

@@ -377,8 +377,8 @@ def decode_attention(
     R = G * Lq
     rg = _rows_per_group(R)
     nrg = (R + rg - 1) // rg
-    mod = rt.module(D, kv.key_bits, kv.key_bits, kv.value_bits, rg, qi.dtype)
-    key = (rt._device_id(), D, kv.key_bits, kv.key_bits, kv.value_bits, rg, qi.dtype)
+    mod = rt.module(D, kv.key_bits, kv.key_bits, kv.value_bits, rg, qi.dtype, attn=True)
+    key = (rt._device_id(), D, kv.key_bits, kv.value_bits, rg, qi.dtype)
     smem = rt.attn_smem(mod, key)
     tab = rt.DeviceTables.get(D, kv.seed)
     kcent = tab.codebook(kv.key_bits)[0]

@@ -9,7 +9,8 @@
 //   TQ_SCALE_BITS   1/sqrt(P) as float32 bits
 //   TQ_IN           element type of inputs / outputs: 0 float32, 1 float16, 2 bfloat16
 //   TQ_BITS         quantizer width; TQ_CELLS 1 when the cell index is used (bits <= 4)
-//   TQ_KB, TQ_VB    key / value widths for attention, TQ_RG query rows per attention block
+//   TQ_WITH_ATTN    1 to compile the attention kernels (TQ_KB, TQ_VB key / value widths,
+//                   TQ_RG query rows per attention block)
 // Tables (signs, permutations, codebooks) are device pointers passed to every kernel.
 // No headers are included: fp16/bf16 conversions are PTX, so NVRTC needs no include path.
 //
@@ -531,6 +532,7 @@ extern "C" __global__ void tq_dequantize(const u8* __restrict__ codes,
     }
 }
 
+#if TQ_WITH_ATTN
 // ---------------------------------------------------------------------------------------------
 // Decode attention from packed K/V.
 //
@@ -583,7 +585,9 @@ constexpr int KSTR = tq_stride(TQ_KB), VSTR = tq_stride(TQ_VB);
 constexpr int KCU = tq_cu(TQ_KB), VCU = tq_cu(TQ_VB);
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
-    return (u32)__cvta_generic_to_shared(p);
+    u32 r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
 }
 
 template <int CU> __device__ __forceinline__ void copy_piece(void* dst, const void* src) {
@@ -748,14 +752,14 @@ __device__ __forceinline__ void write_partial(SoftState& ss, float* red, const f
 
 // Shared layout of the attention kernels (dynamic shared memory).
 struct AttnSmem {
-    float q[TQ_D * TQ_RG];  // q[d * RG + r]
+    alignas(16) float q[TQ_D * TQ_RG];  // q[d * RG + r]
     float qm[TQ_RG];
     int qpos[TQ_RG];
     float kcent[1 << TQ_KB];
     float vcent[1 << TQ_VB];
     float ks[TQ_TILE];
     float vs[TQ_TILE];
-    float P[TQ_TILE * TQ_RG];
+    alignas(16) float P[TQ_TILE * TQ_RG];
     SoftState ss;
     float red[TQ_RG * TQ_D];
     alignas(16) u8 kt[TQ_TILE * KSTR];
@@ -1061,3 +1065,4 @@ extern "C" __global__ void tq_attn_reduce(const float* __restrict__ part_acc,
 
 // sizeof the attention kernels' dynamic shared memory, for the host launcher.
 extern "C" __global__ void tq_attn_smem_size(int* out) { out[0] = (int)sizeof(AttnSmem); }
+#endif  // TQ_WITH_ATTN

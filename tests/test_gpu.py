@@ -228,9 +228,10 @@ def _reference(
         (128, 4, 4, 4, 16, False, 16, 0.0, 0, "float16"),
     ],
 )
+@pytest.mark.parametrize("impl", ["simt", "tc"])
 def test_attention_matches_float64_reference(
     D: int, kb: int, vb: int, G: int, Lq: int, mean: bool, extra: int, softcap: float,
-    window: int, dtype: str,
+    window: int, dtype: str, impl: str,
 ) -> None:  # fmt: skip
     cp = _cp()
     torch = pytest.importorskip("torch")
@@ -253,7 +254,7 @@ def test_attention_matches_float64_reference(
     out, lse = decode_attention(
         q, kv, extra_keys=ek, extra_values=ev,
         extra_lengths=None if elen is None else cp.asarray(elen),
-        lengths=cp.asarray(lengths), softcap=softcap, window=window, return_lse=True,
+        lengths=cp.asarray(lengths), softcap=softcap, window=window, return_lse=True, impl=impl,
     )  # fmt: skip
     assert out.dtype == tdt and out.shape == q.shape
     # reference: per sequence, compressed tokens then the extra segment
@@ -275,7 +276,7 @@ def test_attention_matches_float64_reference(
     got = out.float().cpu().numpy().astype(np.float64)
     out_tol = {"float32": 1e-3, "float16": 2e-3, "bfloat16": 8e-3}[dtype]  # output rounding
     rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    print(f"D={D} K{kb}/V{vb} G={G} Lq={Lq} {dtype}: rel err {rel:.2e}")
+    print(f"{impl} D={D} K{kb}/V{vb} G={G} Lq={Lq} {dtype}: rel err {rel:.2e}")
     assert rel < out_tol
     np.testing.assert_allclose(lse.cpu().numpy(), ref_lse, rtol=0, atol=1e-3)
     if dtype == "float32":
@@ -283,7 +284,8 @@ def test_attention_matches_float64_reference(
 
 
 @gpu
-def test_attention_f32_output_is_within_1e3_of_dequantized_reference() -> None:
+@pytest.mark.parametrize("impl", ["simt", "tc"])
+def test_attention_f32_output_is_within_1e3_of_dequantized_reference(impl: str) -> None:
     """The kernel's own arithmetic (no output rounding): float32 query, K4/V4, D = 128."""
     _cp()
     torch = pytest.importorskip("torch")
@@ -294,7 +296,7 @@ def test_attention_f32_output_is_within_1e3_of_dequantized_reference() -> None:
     kv, _, _, _, _ = _make_cache(rng, B, Hkv, S, D, 4, 4, True, chunks=3)
     kd, vd = _cpu_dequant(kv, "k"), _cpu_dequant(kv, "v")
     q = torch.randn(B, G * Hkv, 1, D, device="cuda")
-    out = decode_attention(q, kv, splits=5)
+    out = decode_attention(q, kv, splits=5, impl=impl)
     ref, _ = _reference(q.cpu().numpy().astype(np.float64), kd, vd, np.full(B, S), 1 / math.sqrt(D), 0.0, 0)
     rel = np.linalg.norm(out.cpu().numpy() - ref) / np.linalg.norm(ref)
     assert rel < 1e-4, rel

@@ -351,6 +351,7 @@ def decode_attention(
     window: int = 0,
     return_lse: bool = False,
     splits: int | None = None,
+    impl: str = "auto",
 ) -> Any:
     """Softmax attention of ``query`` (B, Hq, q_len ≤ 16, D) over a :class:`PackedKV` computed
     from the codes, plus an optional full-precision segment ``extra_keys/values`` (B, Hkv, E, D)
@@ -359,6 +360,8 @@ def decode_attention(
     The last ``q_len`` positions of each sequence are the queries (causal among the new tokens);
     ``window > 0`` attends only to the last ``window`` positions; ``lengths`` overrides the
     stored tokens per sequence; ``softcap > 0`` applies ``cap·tanh(z/cap)`` to the logits.
+    ``impl``: ``"tc"`` (tensor cores, mma.sync with hi/lo split operands; needs
+    ``head_dim % 16 == 0``), ``"simt"`` (f32 FMAs) or ``"auto"`` (tc when it applies).
     Returns the output (query dtype) and, with ``return_lse``, the log-sum-exp (float32)."""
     cp = rt.cupy()
     qi = _inp(query, "query")
@@ -432,7 +435,10 @@ def decode_attention(
             np.int32(Hq), np.int32(Hkv), np.int32(Lq), np.int32(kv.capacity), np.int32(e_cap),
             np.int32(tps), np.int32(ns), np.int32(window), np.int32(nrg), np.float32(softcap),
         )  # fmt: skip
-        fa = mod.get_function("tq_attn_codes")
+        use_tc = impl == "tc" or (impl == "auto" and D % 16 == 0)
+        if use_tc and D % 16:
+            raise ValueError("impl='tc' needs head_dim % 16 == 0")
+        fa = mod.get_function("tq_attn_codes_tc" if use_tc else "tq_attn_codes")
         _set_smem(fa, smem)
         fa(
             (ns, Hkv * nrg, B),

@@ -714,21 +714,19 @@ __device__ __forceinline__ float cap_logit(float s, float softcap) {
     return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
 }
 
-// Write a block's partial: rows' (m, l) and the accumulators (reduced across teams in smem).
-__device__ __forceinline__ void write_partial(SoftState& ss, float* red, const float acc[TQ_RG][8],
-                              const float* l_part, int team_lane, int team_ok, int b, int h,
-                              int rg, int slot, const AttnParams& ap, float* part_acc,
-                              float* part_ml) {
-    const int G = ap.Hq / ap.Hkv, R = G * ap.Lq;
+// A block's partial: rows' (m, l) and the accumulators, reduced across threads in shared
+// memory: partial_begin zeroes the buffers, the caller adds its accumulators into `red`
+// (red[r * D + d]), partial_end sums l and writes everything out.
+__device__ __forceinline__ void partial_begin(SoftState& ss, float* red) {
     for (int i = threadIdx.x; i < TQ_RG * TQ_D; i += TQ_THREADS) red[i] = 0.0f;
     if (threadIdx.x < TQ_RG) ss.l_red[threadIdx.x] = 0.0f;
     __syncthreads();
-    if (team_ok) {
-#pragma unroll
-        for (int r = 0; r < TQ_RG; ++r)
-#pragma unroll
-            for (int k = 0; k < 8; ++k) atomicAdd(&red[r * TQ_D + team_lane * 8 + k], acc[r][k]);
-    }
+}
+
+__device__ __forceinline__ void partial_end(SoftState& ss, const float* red, const float* l_part,
+                                            int b, int h, int rg, int slot, const AttnParams& ap,
+                                            float* part_acc, float* part_ml) {
+    const int G = ap.Hq / ap.Hkv, R = G * ap.Lq;
 #pragma unroll
     for (int r = 0; r < TQ_RG; ++r) {
         float l = warp_sum(l_part[r]);
@@ -750,6 +748,94 @@ __device__ __forceinline__ void write_partial(SoftState& ss, float* red, const f
     }
 }
 
+__device__ __forceinline__ void write_partial(SoftState& ss, float* red, const float acc[TQ_RG][8],
+                                              const float* l_part, int team_lane, int team_ok,
+                                              int b, int h, int rg, int slot,
+                                              const AttnParams& ap, float* part_acc,
+                                              float* part_ml) {
+    partial_begin(ss, red);
+    if (team_ok) {
+#pragma unroll
+        for (int r = 0; r < TQ_RG; ++r)
+#pragma unroll
+            for (int k = 0; k < 8; ++k) atomicAdd(&red[r * TQ_D + team_lane * 8 + k], acc[r][k]);
+    }
+    partial_end(ss, red, l_part, b, h, rg, slot, ap, part_acc, part_ml);
+}
+
+// ---- tensor-core helpers (mma.sync m16n8k16, f16 in, f32 accumulate). Operands are split
+// into a high and a low f16 part (v = hi + lo), and three products hi*hi + lo*hi + hi*lo are
+// accumulated, so the result keeps about 21 bits: f32-grade scores from f16 tensor cores.
+
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// f16x2 with `lo` in the low half (the lower column index of a fragment pair)
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// hi/lo f16 split of two floats into two f16x2 words
+__device__ __forceinline__ void split_h2(float x0, float x1, u32& hi, u32& lo) {
+    const u16 h0 = f2h(x0), h1 = f2h(x1);
+    hi = (u32)h0 | ((u32)h1 << 16);
+    lo = pack_h2(x0 - h2f(h0), x1 - h2f(h1));
+}
+
+// centroid table entry: f16 hi part in the low half, f16 lo part in the high half
+__device__ __forceinline__ u32 cent_entry(float c) {
+    const u16 h = f2h(c);
+    const u16 l = f2h(c - h2f(h));
+    return (u32)h | ((u32)l << 16);
+}
+
+// code of coordinate d of a shared row (any width; the row is 4-byte aligned)
+template <int BITS> __device__ __forceinline__ int code_at(const u8* row, int d) {
+    constexpr u32 M = (1u << BITS) - 1u;
+    if (BITS == 8) return row[d];
+    if (BITS == 4 || BITS == 2 || BITS == 1) {
+        const int bit = d * BITS;
+        return (int)(((u32)row[bit >> 3] >> (bit & 7)) & M);
+    }
+    const int bit = d * BITS;
+    const u32* w = reinterpret_cast<const u32*>(row) + (bit >> 5);
+    return (int)(__funnelshift_r(w[0], w[1], bit & 31) & M);
+}
+
+// codes of coordinates d and d + 1 (d even)
+template <int BITS> __device__ __forceinline__ void pair_at(const u8* row, int d, int& c0, int& c1) {
+    constexpr u32 M = (1u << BITS) - 1u;
+    if (BITS == 8) {
+        c0 = row[d];
+        c1 = row[d + 1];
+    } else if (BITS == 4 || BITS == 2 || BITS == 1) {
+        const int bit = d * BITS;
+        const u32 v = (u32)row[bit >> 3] >> (bit & 7);
+        c0 = (int)(v & M);
+        c1 = (int)((v >> BITS) & M);
+    } else {
+        const int bit = d * BITS;
+        const u32* w = reinterpret_cast<const u32*>(row) + (bit >> 5);
+        const u32 v = __funnelshift_r(w[0], w[1], bit & 31);
+        c0 = (int)(v & M);
+        c1 = (int)((v >> BITS) & M);
+    }
+}
+
+// A-fragment words (hi, lo) for two codes via the centroid table
+__device__ __forceinline__ void frag_pair(const u32* tab, int c0, int c1, u32& hi, u32& lo) {
+    const u32 e0 = tab[c0], e1 = tab[c1];
+    hi = __byte_perm(e0, e1, 0x5410);
+    lo = __byte_perm(e0, e1, 0x7632);
+}
+
 // Shared layout of the attention kernels (dynamic shared memory).
 struct AttnSmem {
     alignas(16) float q[TQ_D * TQ_RG];  // q[d * RG + r]
@@ -764,10 +850,13 @@ struct AttnSmem {
     float red[TQ_RG * TQ_D];
     alignas(16) u8 kt[TQ_TILE * KSTR];
     alignas(16) u8 vt[TQ_TILE * VSTR];
+    u32 kth[1 << TQ_KB];  // tensor-core centroid tables (hi | lo << 16)
+    u32 vth[1 << TQ_VB];
+    u8 pad[16];  // the last row's funnel-shift read may touch 4 bytes past it
 };
 
-extern "C" __global__ void __launch_bounds__(TQ_THREADS)
-    tq_attn_codes(const float* __restrict__ qr, const float* __restrict__ qm,
+template <bool TC>
+__device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, const float* __restrict__ qm,
                   const u8* __restrict__ kc, const float* __restrict__ ks,
                   const u8* __restrict__ vc, const float* __restrict__ vs,
                   const float* __restrict__ kcent, const float* __restrict__ vcent,
@@ -785,8 +874,14 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
     const int cl = clen[b];
     const int total = cl + (elen ? elen[b] : 0);
 
-    for (int i = tid; i < (1 << TQ_KB); i += TQ_THREADS) sm.kcent[i] = kcent[i];
-    for (int i = tid; i < (1 << TQ_VB); i += TQ_THREADS) sm.vcent[i] = vcent[i];
+    for (int i = tid; i < (1 << TQ_KB); i += TQ_THREADS) {
+        sm.kcent[i] = kcent[i];
+        sm.kth[i] = cent_entry(kcent[i]);
+    }
+    for (int i = tid; i < (1 << TQ_VB); i += TQ_THREADS) {
+        sm.vcent[i] = vcent[i];
+        sm.vth[i] = cent_entry(vcent[i]);
+    }
     int min_pos = 0x7fffffff;
     for (int r = 0; r < TQ_RG; ++r) {
         const int row = rg * TQ_RG + r;
@@ -823,6 +918,33 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
     const int team = tid / TW, tl = tid - team * TW;
     const bool team_ok = team < NT;
 
+    // tensor-core state: the query rows as B fragments (hi/lo), value accumulators per m-tile
+    constexpr int NCH = TQ_D / 16;                    // 16-dim chunks
+    constexpr int MTW = (NCH + 3) / 4;                // value m-tiles per warp
+    const int lane = tid & 31, warp = tid >> 5;
+    const int fg = lane >> 2, ft = lane & 3;          // fragment group / thread in group
+    u32 qbh[TC ? NCH : 1][2], qbl[TC ? NCH : 1][2];
+    float accv[TC ? MTW : 1][4];
+    if constexpr (TC) {
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+            const int d0 = c * 16 + ft * 2;
+            float q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+            if (fg < TQ_RG) {
+                q0 = sm.q[d0 * TQ_RG + fg];
+                q1 = sm.q[(d0 + 1) * TQ_RG + fg];
+                q2 = sm.q[(d0 + 8) * TQ_RG + fg];
+                q3 = sm.q[(d0 + 9) * TQ_RG + fg];
+            }
+            split_h2(q0, q1, qbh[c][0], qbl[c][0]);
+            split_h2(q2, q3, qbh[c][1], qbl[c][1]);
+        }
+#pragma unroll
+        for (int i = 0; i < MTW; ++i)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) accv[i][k] = 0.0f;
+    }
+
     const long long stream = (long long)b * ap.Hkv + h;
     for (int t0 = t_lo; t0 < t_hi; t0 += TQ_TILE) {
         const int n = min(TQ_TILE, ap.S_cap - t0);
@@ -843,6 +965,45 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
 #pragma unroll
             for (int r = 0; r < TQ_RG; ++r) dot[r] = 0.0f;
             const u8* row = sm.kt + tid * KSTR;
+            if constexpr (TC) {
+                // scores^T = K Q^T: M = 16 tokens, N = 8 query rows, K = 16 dims per mma
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    const int tA = warp * 32 + m * 16 + fg, tB = tA + 8;
+                    const u8* rA = sm.kt + tA * KSTR;
+                    const u8* rB = sm.kt + tB * KSTR;
+                    float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int c = 0; c < NCH; ++c) {
+                        const int d0 = c * 16 + ft * 2;
+                        int x0, x1;
+                        u32 ah[4], al[4];
+                        pair_at<TQ_KB>(rA, d0, x0, x1);
+                        frag_pair(sm.kth, x0, x1, ah[0], al[0]);
+                        pair_at<TQ_KB>(rB, d0, x0, x1);
+                        frag_pair(sm.kth, x0, x1, ah[1], al[1]);
+                        pair_at<TQ_KB>(rA, d0 + 8, x0, x1);
+                        frag_pair(sm.kth, x0, x1, ah[2], al[2]);
+                        pair_at<TQ_KB>(rB, d0 + 8, x0, x1);
+                        frag_pair(sm.kth, x0, x1, ah[3], al[3]);
+                        mma16816(c4, ah, qbh[c][0], qbh[c][1]);
+                        mma16816(c4, al, qbh[c][0], qbh[c][1]);
+                        mma16816(c4, ah, qbl[c][0], qbl[c][1]);
+                    }
+                    const int r0 = ft * 2;
+                    if (r0 < TQ_RG) {
+                        sm.P[tA * TQ_RG + r0] = c4[0];
+                        sm.P[tB * TQ_RG + r0] = c4[2];
+                    }
+                    if (r0 + 1 < TQ_RG) {
+                        sm.P[tA * TQ_RG + r0 + 1] = c4[1];
+                        sm.P[tB * TQ_RG + r0 + 1] = c4[3];
+                    }
+                }
+                __syncwarp();
+#pragma unroll
+                for (int r = 0; r < TQ_RG; ++r) dot[r] = sm.P[tid * TQ_RG + r];
+            } else {
 #pragma unroll
             for (int c = 0; c < (TQ_D + 31) / 32; ++c) {
                 u32 w[TQ_KB];
@@ -869,6 +1030,7 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
                     }
                 }
             }
+            }
             const bool tok_ok = tid < n && t < t_hi;
             const float kscale = tok_ok ? sm.ks[tid] : 0.0f;
 #pragma unroll
@@ -881,8 +1043,53 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
         const float vsc = (tid < n && t < t_hi) ? sm.vs[tid] : 0.0f;
         softmax_tile(sm.ss, sc, vsc, l_part, sm.P);
 
-        // phase B: values, teams of TW threads with 8 dims each
-        if (team_ok) {
+        // phase B: values
+        if constexpr (TC) {
+            // out^T += V^T P^T: M = 16 dims, N = 8 query rows, K = 16 tokens per mma
+            const int r0 = ft * 2;
+            const float a0 = r0 < TQ_RG ? sm.ss.alpha[r0] : 0.0f;
+            const float a1 = r0 + 1 < TQ_RG ? sm.ss.alpha[r0 + 1] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < MTW; ++i) {
+                accv[i][0] *= a0;
+                accv[i][1] *= a1;
+                accv[i][2] *= a0;
+                accv[i][3] *= a1;
+            }
+            const int nt = min(n, t_hi - t0);
+            for (int kc = 0; kc * 16 < nt; ++kc) {
+                const int tk = kc * 16 + ft * 2;
+                float p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+                if (fg < TQ_RG) {
+                    p0 = sm.P[tk * TQ_RG + fg];
+                    p1 = sm.P[(tk + 1) * TQ_RG + fg];
+                    p2 = sm.P[(tk + 8) * TQ_RG + fg];
+                    p3 = sm.P[(tk + 9) * TQ_RG + fg];
+                }
+                u32 pbh0, pbl0, pbh1, pbl1;
+                split_h2(p0, p1, pbh0, pbl0);
+                split_h2(p2, p3, pbh1, pbl1);
+                const u8* v0 = sm.vt + tk * VSTR;
+                const u8* v1 = v0 + VSTR;
+                const u8* v8 = v0 + 8 * VSTR;
+                const u8* v9 = v0 + 9 * VSTR;
+#pragma unroll
+                for (int i = 0; i < MTW; ++i) {
+                    const int mt = warp + 4 * i;
+                    if (mt < NCH) {
+                        const int dA = mt * 16 + fg, dB = dA + 8;
+                        u32 ah[4], al[4];
+                        frag_pair(sm.vth, code_at<TQ_VB>(v0, dA), code_at<TQ_VB>(v1, dA), ah[0], al[0]);
+                        frag_pair(sm.vth, code_at<TQ_VB>(v0, dB), code_at<TQ_VB>(v1, dB), ah[1], al[1]);
+                        frag_pair(sm.vth, code_at<TQ_VB>(v8, dA), code_at<TQ_VB>(v9, dA), ah[2], al[2]);
+                        frag_pair(sm.vth, code_at<TQ_VB>(v8, dB), code_at<TQ_VB>(v9, dB), ah[3], al[3]);
+                        mma16816(accv[i], ah, pbh0, pbh1);
+                        mma16816(accv[i], al, pbh0, pbh1);
+                        mma16816(accv[i], ah, pbl0, pbl1);
+                    }
+                }
+            }
+        } else if (team_ok) {
 #pragma unroll
             for (int r = 0; r < TQ_RG; ++r) {
                 const float a = sm.ss.alpha[r];
@@ -907,7 +1114,50 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
         }
         __syncthreads();
     }
-    write_partial(sm.ss, sm.red, acc, l_part, tl, team_ok, b, h, rg, split, ap, part_acc, part_ml);
+    if constexpr (TC) {
+        partial_begin(sm.ss, sm.red);
+        const int r0 = ft * 2;
+#pragma unroll
+        for (int i = 0; i < MTW; ++i) {
+            const int mt = warp + 4 * i;
+            if (mt < NCH) {
+                const int dA = mt * 16 + fg, dB = dA + 8;
+                if (r0 < TQ_RG) {
+                    sm.red[r0 * TQ_D + dA] = accv[i][0];
+                    sm.red[r0 * TQ_D + dB] = accv[i][2];
+                }
+                if (r0 + 1 < TQ_RG) {
+                    sm.red[(r0 + 1) * TQ_D + dA] = accv[i][1];
+                    sm.red[(r0 + 1) * TQ_D + dB] = accv[i][3];
+                }
+            }
+        }
+        partial_end(sm.ss, sm.red, l_part, b, h, rg, split, ap, part_acc, part_ml);
+    } else {
+        write_partial(sm.ss, sm.red, acc, l_part, tl, team_ok, b, h, rg, split, ap, part_acc,
+                      part_ml);
+    }
+}
+
+#define TQ_CODES_ARGS                                                                          \
+    const float *__restrict__ qr, const float *__restrict__ qm, const u8 *__restrict__ kc,     \
+        const float *__restrict__ ks, const u8 *__restrict__ vc, const float *__restrict__ vs, \
+        const float *__restrict__ kcent, const float *__restrict__ vcent,                      \
+        const int *__restrict__ clen, const int *__restrict__ elen, int Hq, int Hkv, int Lq,   \
+        int S_cap, int E_cap, int tps, int nsplit, int window, int nrg, float softcap,         \
+        float *__restrict__ part_acc, float *__restrict__ part_ml
+#define TQ_CODES_PASS                                                                          \
+    qr, qm, kc, ks, vc, vs, kcent, vcent, clen, elen, Hq, Hkv, Lq, S_cap, E_cap, tps, nsplit,  \
+        window, nrg, softcap, part_acc, part_ml
+
+// CUDA-core variant (f32 FMAs from shared-memory centroids).
+extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes(TQ_CODES_ARGS) {
+    attn_codes_body<false>(TQ_CODES_PASS);
+}
+
+// Tensor-core variant (mma.sync with hi/lo split operands; needs D % 16 == 0 and RG <= 8).
+extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes_tc(TQ_CODES_ARGS) {
+    attn_codes_body<true>(TQ_CODES_PASS);
 }
 
 // The full-precision segment (the residual window, input dtype): same softmax, values

@@ -585,3 +585,84 @@ def test_turboquant_dynamic_cache_without_config_falls_back_loudly() -> None:
     assert any("dense dequantized" in str(w.message) for w in seen)
     assert torch.equal(ref, out)
     assert cache.quantized_tokens == [out.shape[1] - 1] * 2
+
+
+class _Module:
+    """Stands in for an attention module in direct calls of the attention function."""
+
+    is_causal = True
+    training = False
+
+
+def _exact(q: Any, k: Any, v: Any, window: int | None, valid: Any = None, scale: float = 0.25) -> Any:
+    hq, hkv = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(hq // hkv, 1)
+    v = v.repeat_interleave(hq // hkv, 1)
+    z = q @ k.transpose(-1, -2) * scale
+    t, ql = k.shape[2], q.shape[2]
+    qpos = torch.arange(t - ql, t)[:, None]
+    kpos = torch.arange(t)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= kpos > qpos - window
+    allowed = allowed[None, None]
+    if valid is not None:
+        allowed = allowed & valid[:, None, None, :]
+    return torch.softmax(z.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0) @ v
+
+
+@pytest.mark.parametrize("residual", [0, 5])
+def test_sliding_layer_memory_stays_bounded_and_attention_exact(residual: int) -> None:
+    from turboquant_rs.hf_cache import turboquant_attention
+
+    cfg = T.MistralConfig(
+        vocab_size=32,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        sliding_window=8,
+    )
+    cfg._attn_implementation = ATTN_IMPLEMENTATION
+    cache = TurboQuantCache(cfg, bit_width=8, residual_length=residual)
+    layer = cache.layers[0]
+    g = torch.Generator().manual_seed(0)
+    ks, vs = [], []
+    valid = torch.ones(2, 0, dtype=torch.bool)
+    most_stores = 0
+    for step, t in enumerate([20] + [1] * 150 + [7] + [1] * 30):
+        k = torch.randn(2, 2, t, 16, generator=g)
+        v = torch.randn(2, 2, t, 16, generator=g)
+        q = torch.randn(2, 4, t, 16, generator=g)
+        ks.append(k)
+        vs.append(v)
+        new_valid = torch.ones(2, t, dtype=torch.bool)
+        if step == 0:
+            new_valid[0, :4] = False  # a left-padded row
+        valid = torch.cat([valid, new_valid], 1)
+        sk, sv = cache.update(k, v, 0)
+        most_stores = max(most_stores, len([x for x in layer.stores if x.seq_len]))
+        mask = valid if not bool(valid.all()) else None
+        out, _ = turboquant_attention(_Module(), q, sk, sv, mask, scaling=0.25, sliding_window=8)
+        ref = _exact(q, torch.cat(ks, 2), torch.cat(vs, 2), 8, valid).transpose(1, 2)
+        assert out.shape == (2, t, 4, 16) and out.is_contiguous()
+        assert torch.allclose(out, ref, atol=3e-2), (step, (out - ref).abs().max())
+        assert layer.held_tokens <= 2 * layer.segment_tokens + layer.first_chunk_tokens + residual + 8
+    assert len(layer.stores) <= 2
+    # with residual 0 the two-store attention path ran (with 5, residual + a new store's first chunk
+    # cover the window, so the old store is unseen by the time the new one starts)
+    assert most_stores == (2 if residual == 0 else 1)
+    assert layer.get_seq_length() == 20 + 150 + 7 + 30
+    assert layer.keys.shape[-2] <= residual + layer.first_chunk_tokens
+
+
+def test_long_sliding_generation_equals_dynamic_cache() -> None:
+    model = tiny_model("mistral")
+    inputs = prompt(length=12)
+    scored = {"output_scores": True, "return_dict_in_generate": True}
+    ref = greedy(model, inputs, n=90, **scored)
+    cache = TurboQuantCache.from_model(model, bit_width=8, residual_length=0)
+    out = greedy(model, inputs, cache, n=90, **scored)
+    assert_same_greedy(ref, out)
+    layer = cache.layers[0]
+    assert len(layer.stores) >= 1 and layer.held_tokens < 80

@@ -143,7 +143,10 @@ class TurboQuantLayer(CacheLayerMixin):
         self.seed = int(seed)
         self.owner = owner
         self.layer_idx = layer_idx
-        self.store: Any = None
+        # Packed stores, oldest first, holding consecutive positions; appends go to the last one.
+        # Full-attention layers have one; sliding layers start a new one per window's worth of
+        # tokens so that stores no query can see any more are dropped whole.
+        self._segments: list[Any] = []
         self.cumulative_length = 0
         # Logical position of the first token held (store or window); > 0 only for sliding layers
         # whose oldest tokens can no longer be seen by any query and were dropped.
@@ -179,14 +182,7 @@ class TurboQuantLayer(CacheLayerMixin):
         self.head_dim, self.num_kv_heads = int(d), int(h)
         self.device = key_states.device
         self.dtype = key_states.dtype
-        self.store = _kv().KVLayerStore(
-            int(d),
-            int(h),
-            self.key_bits,
-            self.value_bits,
-            key_outliers=self.n_outlier_channels,
-            seed=self.seed,
-        )
+        self._segments = [self._new_store()]
         self.keys = key_states.new_empty((b, h, 0, d))
         self.values = value_states.new_empty((b, h, 0, d))
         self.is_initialized = True
@@ -235,9 +231,9 @@ class TurboQuantLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         """Forget every token (the layer keeps its settings)."""
-        if self.store is not None:
-            self.store.reset()
-        self.store = None
+        for store in self._segments:
+            store.reset()
+        self._segments = []
         self.keys = self.values = None
         self.is_initialized = False
         self.cumulative_length = 0
@@ -268,13 +264,24 @@ class TurboQuantLayer(CacheLayerMixin):
                 f"dropped the first {self._dropped}"
             )
         rel = new_len - self._dropped
-        stored = self.store.seq_len
+        stored = self.stored_tokens
         if rel >= stored:
             keep = rel - stored
             self.keys = self.keys[:, :, :keep].contiguous()
             self.values = self.values[:, :, :keep].contiguous()
         else:
-            self.store.truncate(rel)
+            kept: list[Any] = []
+            start = 0
+            for store in self._segments:
+                length = store.seq_len
+                if rel < start + length:
+                    store.truncate(max(rel - start, 0))
+                    if store.seq_len or not kept:
+                        kept.append(store)
+                else:
+                    kept.append(store)
+                start += length
+            self._segments = kept
             self.keys = self.keys[:, :, :0]
             self.values = self.values[:, :, :0]
         self.cumulative_length = new_len
@@ -289,8 +296,9 @@ class TurboQuantLayer(CacheLayerMixin):
             return
         self.commit()
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        if self.store.batch_size:
-            self.store.select(idx.cpu().numpy())
+        for store in self._segments:
+            if store.batch_size:
+                store.select(idx.cpu().numpy())
         self.keys = self.keys.index_select(0, idx.to(self.keys.device))
         self.values = self.values.index_select(0, idx.to(self.values.device))
 
@@ -299,32 +307,66 @@ class TurboQuantLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         self.commit()
-        if self.store.batch_size:
-            self.store.repeat_interleave(int(repeats))
+        for store in self._segments:
+            if store.batch_size:
+                store.repeat_interleave(int(repeats))
         self.keys = self.keys.repeat_interleave(repeats, dim=0)
         self.values = self.values.repeat_interleave(repeats, dim=0)
 
     # -- TurboQuant specifics ---------------------------------------------------------------------
     @property
+    def store(self) -> Any:
+        """The packed store new tokens go to (None before the first update)."""
+        return self._segments[-1] if self._segments else None
+
+    @property
+    def stores(self) -> list[Any]:
+        """Every packed store held, oldest first (one for full attention)."""
+        return list(self._segments)
+
+    @property
+    def stored_tokens(self) -> int:
+        """Tokens held as codes (over every store)."""
+        return sum(store.seq_len for store in self._segments)
+
+    @property
     def held_tokens(self) -> int:
         """Tokens attention sees this step: stored codes + full-precision window (+ this step's)."""
         if not self.is_initialized:
             return 0
-        return self.store.seq_len + self.keys.shape[-2]
+        return self.stored_tokens + self.keys.shape[-2]
 
     @property
     def quantized_tokens(self) -> int:
         """Tokens held as codes."""
-        return self.store.seq_len if self.store is not None else 0
+        return self.stored_tokens
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the packed store's buffers plus the full-precision window."""
+        """Bytes held: the packed stores' buffers plus the full-precision window."""
         if not self.is_initialized:
             return 0
         window = self.keys.numel() * self.keys.element_size()
         window += self.values.numel() * self.values.element_size()
-        return int(self.store.nbytes) + int(window)
+        return sum(int(store.nbytes) for store in self._segments) + int(window)
+
+    def _new_store(self) -> Any:
+        """An empty packed store with this layer's settings."""
+        return _kv().KVLayerStore(
+            int(self.head_dim),
+            int(self.num_kv_heads),
+            self.key_bits,
+            self.value_bits,
+            key_outliers=self.n_outlier_channels,
+            seed=self.seed,
+        )
+
+    def _route_chunk(self, n: int) -> int:
+        """How many of the ``n`` overflowing tokens to store now (sliding layers may start a store)."""
+        return n
+
+    def _drop_unseen_stores(self) -> None:
+        """Drop stores no query can see any more (sliding layers)."""
 
     def _check_step(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Reject a step whose shape does not match what the layer holds."""
@@ -355,7 +397,7 @@ class TurboQuantLayer(CacheLayerMixin):
         if self._pending == 0 or self.keys is None:
             return
         self._pending = 0
-        dead = self._dead_tokens() if self.store.seq_len == 0 else 0
+        dead = self._dead_tokens() if self.stored_tokens == 0 else 0
         if dead:
             self.keys = self.keys[:, :, dead:]
             self.values = self.values[:, :, dead:]
@@ -367,12 +409,15 @@ class TurboQuantLayer(CacheLayerMixin):
                 self.keys = self.keys.contiguous()
                 self.values = self.values.contiguous()
             return
-        if self.store.seq_len == 0 and self.residual_length > 0:
+        if self.stored_tokens == 0 and self.residual_length > 0:
             # The store centres each stream on the mean of its first chunk: give it a real chunk.
             n = min(held, max(n, self.residual_length // 2))
-        self._append_to_store(self.keys[:, :, :n], self.values[:, :, :n])
+        n = self._route_chunk(n)
+        if n > 0:
+            self._append_to_store(self.keys[:, :, :n], self.values[:, :, :n])
         self.keys = self.keys[:, :, n:].contiguous()
         self.values = self.values[:, :, n:].contiguous()
+        self._drop_unseen_stores()
 
     def _append_to_store(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Quantize ``keys`` / ``values`` (B, H, T, D) into the store."""
@@ -387,12 +432,16 @@ class TurboQuantLayer(CacheLayerMixin):
         """
         if not self.is_initialized:
             return None, None  # type: ignore[return-value]
-        if self.store.seq_len == 0:
+        parts_k, parts_v = [], []
+        for store in self._segments:
+            if store.seq_len == 0:
+                continue
+            k, v = store.decompress()
+            parts_k.append(torch.as_tensor(k).to(device=self.keys.device, dtype=self.keys.dtype))
+            parts_v.append(torch.as_tensor(v).to(device=self.values.device, dtype=self.values.dtype))
+        if not parts_k:
             return self.keys, self.values
-        k, v = self.store.decompress()
-        k = torch.as_tensor(k).to(device=self.keys.device, dtype=self.keys.dtype)
-        v = torch.as_tensor(v).to(device=self.values.device, dtype=self.values.dtype)
-        return torch.cat([k, self.keys], dim=-2), torch.cat([v, self.values], dim=-2)
+        return torch.cat([*parts_k, self.keys], dim=-2), torch.cat([*parts_v, self.values], dim=-2)
 
     def load(self, keys: torch.Tensor, values: torch.Tensor, total_length: int | None = None) -> None:
         """Fill an empty layer with the cached ``keys`` / ``values`` of an earlier forward pass.
@@ -418,9 +467,13 @@ class TurboQuantLayer(CacheLayerMixin):
 class TurboQuantSlidingLayer(TurboQuantLayer):
     """A sliding-window attention layer's cache (Mistral, Phi-3, Gemma-2/3 local layers, Qwen2).
 
-    Attention sees the last ``sliding_window`` positions. Tokens that no query can see any more are
-    dropped while they are still in the full-precision window; once tokens are stored as codes they
-    stay until `reset` / `crop` (the store has no front truncation), and attention skips them.
+    Attention sees the last ``sliding_window`` positions, so memory stays bounded like
+    DynamicSlidingWindowLayer's: tokens no query can see any more are dropped while still in the
+    full-precision window, and stored codes live in stores of about one window each (a packed store
+    cannot drop its front), the oldest dropped whole once no query can see it: at most about two
+    windows of codes are held. A new store centres its streams on the mean of its first chunk, so
+    its first chunk waits for ``min(32, W // 2)`` tokens: up to that many tokens beyond
+    ``residual_length`` stay full precision once per window.
 
     Args:
         sliding_window: The window size W (a query at position p sees keys at positions > p - W).
@@ -451,6 +504,30 @@ class TurboQuantSlidingLayer(TurboQuantLayer):
         """Front tokens of the window that the next query (position = tokens seen) cannot see."""
         first_visible = self.cumulative_length - self.sliding_window + 1
         return max(0, min(first_visible - self._dropped, self.keys.shape[-2]))
+
+    @property
+    def segment_tokens(self) -> int:
+        """Tokens per packed store before a new one starts (one window, at least 64)."""
+        return max(self.sliding_window, 64)
+
+    @property
+    def first_chunk_tokens(self) -> int:
+        """Tokens a new store's first chunk waits for (its centre comes from them)."""
+        return max(1, min(32, self.sliding_window // 2))
+
+    def _route_chunk(self, n: int) -> int:
+        if self.store.seq_len < self.segment_tokens:
+            return n
+        if n < self.first_chunk_tokens:
+            return 0
+        self._segments.append(self._new_store())
+        return n
+
+    def _drop_unseen_stores(self) -> None:
+        first_visible = self.cumulative_length - self.sliding_window + 1
+        while len(self._segments) > 1 and self._dropped + self._segments[0].seq_len <= first_visible:
+            self._dropped += self._segments[0].seq_len
+            self._segments.pop(0)
 
 
 def _stand_in(layer: TurboQuantLayer, like: torch.Tensor, n: int) -> torch.Tensor:
@@ -803,6 +880,87 @@ def _dense_attention(
     return torch.matmul(probs, value.float()).to(query.dtype)
 
 
+def _runs(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a (B, L) bool mask, the [start, end) of its True run (one run: left/right padding)."""
+    b, n = valid.shape
+    any_ = valid.any(dim=1)
+    start = torch.where(any_, valid.int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
+    end = torch.where(any_, n - valid.flip(1).int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
+    width = torch.arange(n)[None, :]
+    if not torch.equal((width >= start[:, None]) & (width < end[:, None]), valid):
+        raise ValueError(
+            "the key mask over stored tokens must be one contiguous run per sequence (left padding)"
+        )
+    return start, end
+
+
+def _multi_store_attention(
+    query: torch.Tensor,
+    stores: list[Any],
+    extra_keys: torch.Tensor,
+    extra_values: torch.Tensor,
+    *,
+    scaling: float,
+    softcap: float | None,
+    sliding_window: int | None,
+    key_valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """`packed_attention` over several consecutive stores: each store's part read from its codes
+    (``KVLayerStore.attend``: output + log-sum-exp), the extras exactly, merged in one softmax."""
+    b, hq, q_len, d = query.shape
+    lengths = [store.seq_len for store in stores]
+    n = sum(lengths)
+    e = extra_keys.shape[-2]
+    total = n + e
+    pos = torch.arange(total - q_len, total)
+    lo = torch.zeros_like(pos) if sliding_window is None else pos - int(sliding_window) + 1
+    hi = pos + 1
+    q32 = query.detach().float().contiguous()
+    outs: list[torch.Tensor] = []
+    lses: list[torch.Tensor] = []
+    offset = 0
+    for store, length in zip(stores, lengths, strict=True):
+        lo_s = (lo - offset).clamp(0, length).expand(b, q_len).clone()
+        hi_s = (hi - offset).clamp(0, length).expand(b, q_len).clone()
+        if key_valid is not None:
+            start, end = _runs(key_valid[:, offset : offset + length].cpu())
+            lo_s = torch.maximum(lo_s, start[:, None])
+            hi_s = torch.minimum(hi_s, end[:, None])
+        offset += length
+        if bool((hi_s <= lo_s).all()):
+            continue
+        out, lse = store.attend(q32, lo_s.numpy(), hi_s.numpy(), scaling=scaling, softcap=softcap)
+        outs.append(torch.from_numpy(out))
+        lses.append(torch.from_numpy(lse))
+    if e > 0:
+        hkv = extra_keys.shape[1]
+        k = extra_keys.float().repeat_interleave(hq // hkv, dim=1)
+        v = extra_values.float().repeat_interleave(hq // hkv, dim=1)
+        z = torch.matmul(q32, k.transpose(-1, -2)) * scaling
+        if softcap is not None:
+            z = torch.tanh(z / softcap) * softcap
+        kpos = torch.arange(n, total)
+        allowed = ((kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= lo[:, None]))[None, None]
+        if key_valid is not None:
+            allowed = allowed & key_valid[:, None, None, n:].cpu()
+        z = z.masked_fill(~allowed, float("-inf"))
+        lse_e = torch.logsumexp(z, dim=-1)
+        p = torch.exp(z - torch.where(torch.isfinite(lse_e), lse_e, torch.zeros_like(lse_e))[..., None])
+        outs.append(torch.matmul(p.nan_to_num(0.0), v))
+        lses.append(lse_e)
+    if not outs:
+        return torch.zeros_like(query)
+    lse_all = torch.stack(lses)  # (parts, B, Hq, Q)
+    top = lse_all.max(dim=0).values
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w = torch.exp(lse_all - top)  # 0 where a part is empty
+    den = w.sum(dim=0)
+    merged = (w[..., None] * torch.stack(outs)).sum(dim=0) / torch.where(den > 0, den, torch.ones_like(den))[
+        ..., None
+    ]
+    return merged.to(query.dtype)
+
+
 def turboquant_attention(
     module: Any,
     query: torch.Tensor,
@@ -857,17 +1015,29 @@ def turboquant_attention(
     n_keys = layer.held_tokens
     valid = _key_valid(attention_mask, n_keys, query.shape[0])
     window = layer.sliding_window if layer.sliding_window is not None else sliding_window
-    store = layer.store if layer.store.seq_len > 0 else None
-    out = _kv().packed_attention(
-        query,
-        store,
-        layer.keys,
-        layer.values,
-        scaling=float(scaling),
-        softcap=softcap,
-        sliding_window=window,
-        key_valid=valid,
-    )
+    stores = [store for store in layer.stores if store.seq_len > 0]
+    if len(stores) <= 1:
+        out = _kv().packed_attention(
+            query,
+            stores[0] if stores else None,
+            layer.keys,
+            layer.values,
+            scaling=float(scaling),
+            softcap=softcap,
+            sliding_window=window,
+            key_valid=valid,
+        )
+    else:
+        out = _multi_store_attention(
+            query,
+            stores,
+            layer.keys,
+            layer.values,
+            scaling=float(scaling),
+            softcap=softcap,
+            sliding_window=window,
+            key_valid=valid,
+        )
     layer.commit()
     return out.transpose(1, 2).contiguous(), None
 
@@ -1047,8 +1217,8 @@ class TurboQuantDynamicCache(TurboQuantCache):
                 layer.keys = layer.keys[:, :, :0]
                 layer.values = layer.values[:, :, :0]
                 layer._pending = 0
-            b = layer.store.batch_size
-            original += 2 * b * layer.num_kv_heads * layer.store.seq_len * layer.head_dim * 2
+            b = layer.keys.shape[0]
+            original += 2 * b * layer.num_kv_heads * layer.stored_tokens * layer.head_dim * 2
             done += 1
         held = self.nbytes
         return {

@@ -1,0 +1,712 @@
+"""Adaptive per-layer bit allocation for the KV cache (seed API: AdaptiveKVCache).
+
+Layers differ in how much a quantized cache hurts them. This module chooses a width per layer
+(one int, or a ``(key_bits, value_bits)`` pair) and applies it:
+
+- `uniform_allocation` and `gradient_allocation` are the seed's fixed schedules;
+- `measure_attention_errors` runs a model once over calibration text, quantizes each layer's real
+  keys and values at every candidate width, and measures what reaches the residual stream: the
+  error of the layer's attention *output* (after its output projection), relative to the hidden
+  state it is added to. Raw key MSE, which the seed ranked by, tracks key magnitude instead;
+- `calibration_allocation` spends a bit budget greedily where the measured error falls most per
+  bit, landing on the target average exactly or just under it;
+- `AdaptiveKVCache` holds one `turboquant_rs.kv_cache.TurboQuantKVCache` per distinct width and
+  compresses layer by layer; `AdaptiveKVCache.to_cache` (or ``TurboQuantCache(config,
+  layer_bits=adaptive.layer_bits)``) puts the same widths inside ``generate()``.
+
+torch and transformers are imported only by the functions that run a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .kv_cache import TurboQuantKVCache
+
+#: One layer's width: an int (keys and values) or a ``(key_bits, value_bits)`` pair.
+LayerBits = int | tuple[int, int]
+
+#: The default calibration text (written for this library; ordinary English prose, no benchmark data).
+DEFAULT_CALIBRATION_TEXT = (
+    "The harbour town woke slowly that morning. Fishing boats came in with the tide, and the men "
+    "unloaded their catch onto the stone quay while gulls circled overhead, crying for scraps. In "
+    "the market square the baker had already sold most of his bread, and the smell of coffee "
+    "drifted from the small cafe beside the church. Anna walked down the hill with a basket on her "
+    "arm, counting the coins in her pocket and wondering whether there would be enough for both "
+    "the fish and the medicine her father needed.\n\n"
+    "Her father had been a sailor for thirty years. He had crossed the ocean more times than he "
+    "could remember, and he told stories of storms that lasted for days, of islands where the "
+    "trees grew so tall that their tops disappeared into the clouds, and of a captain who kept a "
+    "parrot that could recite the names of every port between Lisbon and Cape Town. Anna had "
+    "never been sure how many of those stories were true. She suspected that the parrot, at "
+    "least, had been improved with each telling.\n\n"
+    "A computer program is a sequence of instructions that tells a machine what to do. Early "
+    "computers were programmed by rewiring them by hand; later, instructions were stored in "
+    "memory alongside the data they worked on, which made it possible for programs to modify "
+    "themselves and for one program to load and run another. Modern software is built in "
+    "layers: an operating system manages the hardware, libraries provide common functions, and "
+    "applications combine these pieces to solve particular problems. When a program runs slowly, "
+    "the cause is usually not the processor itself but the time spent waiting for data to arrive "
+    "from memory or from the network.\n\n"
+    "In the spring of that year the river flooded again. The water rose above the lower fields, "
+    "covered the road to the next village, and reached the steps of the mill. The miller, who "
+    "had seen worse, moved his sacks of flour to the upper floor and waited. Children sailed "
+    "paper boats on the new lake; their parents worried about the seed that would rot in the "
+    "ground. After a week the water went down, leaving a layer of grey mud that smelled of "
+    "leaves and iron, and by the summer the wheat stood higher than it had in a decade.\n\n"
+    "Question: what is the capital of France? Answer: the capital of France is Paris, a city on "
+    "the river Seine with a population of about two million people. Question: how many legs does "
+    "a spider have? Answer: eight. Question: what is seven times eight? Answer: fifty-six. "
+    "Question: who wrote the play about a prince of Denmark? Answer: William Shakespeare wrote "
+    "Hamlet around the year 1600.\n\n"
+    "The committee met on Thursday to discuss the budget. The chairwoman opened the meeting by "
+    "reading the minutes of the previous session, and then invited the treasurer to present his "
+    "report. Income had risen by four percent, he said, but expenses had risen by six, mostly "
+    "because of repairs to the roof of the library and the rising cost of heating. Several "
+    "members asked whether the annual festival could be made cheaper without disappointing the "
+    "town; one suggested that volunteers could replace the hired stage crew. The vote was "
+    "postponed until the next meeting, as it usually was."
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# widths
+
+
+def _check_width(value: Any, name: str) -> int:
+    """An int width in 1..8, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+        raise ValueError(f"{name} must be an integer in 1..8, got {value!r}")
+    return value
+
+
+def _pair(bits: Any, name: str) -> tuple[int, int]:
+    """``bits`` (int or (key, value) pair) as a checked (key_bits, value_bits) pair."""
+    if isinstance(bits, (tuple, list)):
+        if len(bits) != 2:
+            raise ValueError(f"{name} must be an int or a (key_bits, value_bits) pair, got {bits!r}")
+        return _check_width(bits[0], f"{name} (keys)"), _check_width(bits[1], f"{name} (values)")
+    b = _check_width(bits, name)
+    return b, b
+
+
+def _cost(bits: LayerBits) -> float:
+    """Average bits per stored coordinate of one layer's width (keys and values weigh alike)."""
+    kb, vb = _pair(bits, "bits")
+    return (kb + vb) / 2.0
+
+
+def _normal(bits: Any, name: str) -> LayerBits:
+    """An int when key and value widths are equal, else the pair."""
+    kb, vb = _pair(bits, name)
+    return kb if kb == vb else (kb, vb)
+
+
+def uniform_allocation(n_layers: int, bit_width: int) -> list[int]:
+    """The same width for every layer: ``[bit_width] * n_layers``."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    return [_check_width(bit_width, "bit_width")] * n_layers
+
+
+def gradient_allocation(
+    n_layers: int, min_bits: int = 2, max_bits: int = 4, strategy: str = "linear"
+) -> list[int]:
+    """A schedule rising from ``min_bits`` (first layers) to ``max_bits`` (last layers).
+
+    Args:
+        n_layers: number of layers.
+        min_bits, max_bits: widths of the first and the last layer (1..8, ``min_bits <= max_bits``).
+        strategy: ``"linear"`` (a rounded linear ramp) or ``"step"`` (three tiers: a third of the
+            layers at ``min_bits``, the middle at the rounded mean, the last third at ``max_bits``).
+
+    Raises:
+        ValueError: for an unknown strategy, widths out of range or in the wrong order.
+    """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    lo, hi = _check_width(min_bits, "min_bits"), _check_width(max_bits, "max_bits")
+    if lo > hi:
+        raise ValueError(f"min_bits ({lo}) must not exceed max_bits ({hi})")
+    if strategy == "linear":
+        if n_layers == 1:
+            return [round((lo + hi) / 2)]
+        return [int(math.floor(lo + (hi - lo) * i / (n_layers - 1) + 0.5)) for i in range(n_layers)]
+    if strategy == "step":
+        third = n_layers // 3
+        mid = int(math.floor((lo + hi) / 2 + 0.5))
+        return [lo] * third + [mid] * (n_layers - 2 * third) + [hi] * third
+    raise ValueError(f"unknown strategy {strategy!r}: use 'linear' or 'step'")
+
+
+def _error_rows(errors: Any) -> list[dict[LayerBits, float]]:
+    """The per-layer error table as one {width: error} dict per layer."""
+    rows: list[dict[LayerBits, float]] = []
+    for i, row in enumerate(errors):
+        if not isinstance(row, Mapping) or not row:
+            raise ValueError(f"errors[{i}] must be a non-empty mapping of width -> measured error")
+        out: dict[LayerBits, float] = {}
+        for k, v in row.items():
+            e = float(v)
+            if not math.isfinite(e) or e < 0:
+                raise ValueError(f"errors[{i}][{k!r}] must be a finite non-negative number, got {v!r}")
+            out[_normal(k, f"errors[{i}] width")] = e
+        rows.append(out)
+    if not rows:
+        raise ValueError("errors must have one entry per layer")
+    return rows
+
+
+def calibration_allocation(errors: Any, *args: Any, **kwargs: Any) -> list[LayerBits]:
+    """Per-layer widths that minimise the summed measured error at a target average width.
+
+    Two call forms:
+
+    - ``calibration_allocation(errors, target_avg_bits=3.0)``: ``errors[i]`` maps each candidate
+      width of layer ``i`` (an int, or a ``(key_bits, value_bits)`` pair costing their mean) to
+      its measured error (e.g. from `measure_attention_errors`).
+    - the seed's ``calibration_allocation(model, tokenizer, calibration_text, bit_options=None,
+      target_avg_bits=3.0)``: measures the errors first (`measure_attention_errors`).
+
+    Every layer starts at its cheapest width; then, greedily, the upgrade (to any dearer width of
+    one layer) that lowers the error most per extra bit and still fits the budget
+    ``target_avg_bits × n_layers`` is taken, until none fits. The average lands on the target
+    exactly when the widths allow it, else just under it; an upgrade that would not lower the
+    error is never taken.
+
+    Raises:
+        ValueError: if even the cheapest widths exceed the target, or for a malformed table.
+    """
+    if hasattr(errors, "config") and hasattr(errors, "forward"):
+        names = ("tokenizer", "calibration_text", "bit_options", "target_avg_bits")
+        params = dict(zip(names, args, strict=False))
+        params.update(kwargs)
+        target = float(params.pop("target_avg_bits", 3.0))
+        table = measure_attention_errors(errors, **params)
+        return calibration_allocation(table, target)
+    if len(args) > 1:
+        raise TypeError("calibration_allocation(errors, target_avg_bits) takes one positional target")
+    target = float(args[0] if args else kwargs.pop("target_avg_bits", 3.0))
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    rows = _error_rows(errors)
+    n = len(rows)
+    budget = target * n + 1e-9
+    choice = [min(row, key=lambda w: (_cost(w), row[w])) for row in rows]
+    spent = sum(_cost(c) for c in choice)
+    if spent > budget:
+        raise ValueError(
+            f"target_avg_bits={target} is below the cheapest widths' average ({spent / n:.3f} bits)"
+        )
+    while True:
+        best: tuple[float, float, int, LayerBits] | None = None
+        for i, row in enumerate(rows):
+            cur = choice[i]
+            c0, e0 = _cost(cur), row[cur]
+            for w, e in row.items():
+                extra = _cost(w) - c0
+                if extra <= 0 or spent + extra > budget or e >= e0:
+                    continue
+                gain = (e0 - e) / extra
+                key = (gain, -extra, -i, w)
+                if best is None or key[:3] > best[:3]:
+                    best = key
+        if best is None:
+            return choice
+        _, neg_extra, neg_i, w = best
+        choice[-neg_i] = w
+        spent -= neg_extra
+
+
+# --------------------------------------------------------------------------------------------------
+# measuring attention-output error on real K/V
+
+
+def _reference_attention(
+    query: Any,
+    keys: Any,
+    values: Any,
+    *,
+    scaling: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> Any:
+    """Causal softmax attention in float32, GQA-aware: (B, Hq, S, D) from (B, Hkv, S, D) K/V.
+
+    The S queries are the last S positions of the keys.
+    """
+    import torch
+
+    b, hq, s, d = query.shape
+    hkv, n = keys.shape[1], keys.shape[2]
+    g = hq // hkv
+    q = query.float().reshape(b, hkv, g * s, d)
+    z = torch.matmul(q, keys.float().transpose(-1, -2)) * scaling
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    pos = torch.arange(n - s, n)
+    kpos = torch.arange(n)
+    allowed = kpos[None, :] <= pos[:, None]
+    if sliding_window is not None:
+        allowed &= kpos[None, :] > pos[:, None] - int(sliding_window)
+    z = z.masked_fill(~allowed.repeat(g, 1)[None, None], float("-inf"))
+    out = torch.matmul(torch.softmax(z, dim=-1), values.float())
+    return out.reshape(b, hq, s, d)
+
+
+def quantized_kv(
+    keys: Any, values: Any, bits: Any, *, seed: int = 0, n_outlier_channels: int = 0
+) -> tuple[Any, Any]:
+    """``keys``/``values`` (B, H, S, D) after a round trip through a packed store at ``bits``.
+
+    ``bits`` is an int, a ``(key_bits, value_bits)`` pair, or a pair with ``None`` on one side to
+    keep that side exact (to tell key error from value error). Returns float32 torch tensors.
+    """
+    import torch
+
+    from .kv_cache import KVLayerStore
+
+    kb, vb = bits if isinstance(bits, (tuple, list)) else (bits, bits)
+    d, h = int(keys.shape[-1]), int(keys.shape[1])
+    store = KVLayerStore(
+        d,
+        h,
+        kb if kb is not None else 8,
+        vb if vb is not None else 8,
+        key_outliers=n_outlier_channels,
+        seed=seed,
+    )
+    store.append(keys, values)
+    k, v = store.decompress()
+    kq = torch.from_numpy(k) if kb is not None else keys.float()
+    vq = torch.from_numpy(v) if vb is not None else values.float()
+    return kq, vq
+
+
+def layer_attention_error(
+    query: Any,
+    keys: Any,
+    values: Any,
+    bits: Any,
+    *,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    out_proj: Any = None,
+    residual: Any = None,
+    seed: int = 0,
+    n_outlier_channels: int = 0,
+    skip_first: int = 1,
+) -> float:
+    """Error one layer's attention output takes when its K/V are quantized at ``bits``.
+
+    Exact causal attention of ``query`` (B, Hq, S, D) over ``keys``/``values`` (B, Hkv, S, D) is
+    compared with attention over their quantized round trip (`quantized_kv`). The difference of
+    the outputs goes through ``out_proj`` (the layer's output projection, a callable on
+    (B, S, Hq·D)) when given, and each token's squared error is divided by the squared norm of
+    ``residual`` (B, S, hidden), the hidden state the output is added to; without them, by the
+    exact output's. Returns the mean over tokens (the first ``skip_first`` skipped: the first
+    token sees only itself, exactly).
+    """
+    import torch
+
+    d = int(query.shape[-1])
+    scale = d**-0.5 if scaling is None else float(scaling)
+    kq, vq = quantized_kv(keys, values, bits, seed=seed, n_outlier_channels=n_outlier_channels)
+    kw = {"scaling": scale, "sliding_window": sliding_window, "softcap": softcap}
+    with torch.no_grad():
+        exact = _reference_attention(query, keys, values, **kw)
+        approx = _reference_attention(query, kq, vq, **kw)
+        b, hq, s, _ = exact.shape
+        diff = (approx - exact).transpose(1, 2).reshape(b, s, hq * d)
+        ref = exact.transpose(1, 2).reshape(b, s, hq * d)
+        if out_proj is not None:
+            diff = out_proj(diff.to(_param_dtype(out_proj))).float()
+            ref = out_proj(ref.to(_param_dtype(out_proj))).float()
+        denom = residual.float() if residual is not None else ref
+        num = diff.pow(2).sum(-1)[:, skip_first:]
+        den = denom.pow(2).sum(-1)[:, skip_first:].clamp_min(1e-30)
+        return float((num / den).mean())
+
+
+def _param_dtype(module: Any) -> Any:
+    """dtype of a module's first parameter (float32 when it has none)."""
+    import torch
+
+    for p in getattr(module, "parameters", lambda: iter(()))():
+        return p.dtype
+    return torch.float32
+
+
+def _find_out_proj(module: Any) -> Any:
+    """The attention module's output projection (o_proj / out_proj / o / dense), or None."""
+    for name in ("o_proj", "out_proj", "o", "dense", "c_proj"):
+        sub = getattr(module, name, None)
+        if sub is not None and callable(sub):
+            return sub
+    return None
+
+
+def capture_attention(model: Any, input_ids: Any) -> list[dict[str, Any]]:
+    """Runs ``model`` once over ``input_ids`` (1, S) and records every self-attention call.
+
+    Returns one dict per attention layer in call order: ``query`` (B, Hq, S, D) as attention saw
+    it (post-RoPE), ``keys``/``values`` (B, Hkv, S, D), ``scaling``, ``sliding_window``,
+    ``softcap``, ``out_proj`` (the module's output projection or None), ``layer_idx`` and
+    ``residual`` (the hidden state entering that decoder layer, when the model reports hidden
+    states and the layer index is known).
+    """
+    import torch
+    from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    records: list[dict[str, Any]] = []
+
+    def grab(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        records.append(
+            {
+                "query": query.detach().float().clone(),
+                "keys": key.detach().float().clone(),
+                "values": value.detach().float().clone(),
+                "scaling": kw.get("scaling"),
+                "sliding_window": kw.get("sliding_window"),
+                "softcap": kw.get("softcap"),
+                "out_proj": _find_out_proj(module),
+                "layer_idx": getattr(module, "layer_idx", None),
+            }
+        )
+        if kw.get("softcap") is not None:
+            scale = kw.get("scaling") or query.shape[-1] ** -0.5
+            out = _reference_attention(
+                query,
+                key,
+                value,
+                scaling=scale,
+                sliding_window=kw.get("sliding_window"),
+                softcap=kw["softcap"],
+            )
+            return out.to(query.dtype).transpose(1, 2).contiguous(), None
+        kw.pop("softcap", None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    name = "turboquant_rs_calibrate"
+    AttentionInterface.register(name, grab)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        import inspect
+
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        with torch.no_grad():
+            out = model(
+                input_ids=input_ids, use_cache=True, output_hidden_states=True, **{arg: DynamicCache()}
+            )
+    finally:
+        model.set_attn_implementation(previous)
+    hidden = getattr(out, "hidden_states", None)
+    for r in records:
+        i = r["layer_idx"]
+        r["residual"] = (
+            hidden[i] if hidden is not None and isinstance(i, int) and 0 <= i < len(hidden) else None
+        )
+        if r["keys"].shape[-2] != r["query"].shape[-2]:
+            raise ValueError("calibration capture saw a cache longer than the text: run on a fresh model")
+    return records
+
+
+def _calibration_ids(tokenizer: Any, text: str | None, max_tokens: int) -> Any:
+    """Token ids (1, S) of the calibration text, at most ``max_tokens``."""
+    import torch
+
+    enc = tokenizer(text or DEFAULT_CALIBRATION_TEXT, return_tensors="pt")
+    ids = enc["input_ids"] if isinstance(enc, Mapping) or hasattr(enc, "keys") else enc
+    ids = torch.as_tensor(ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.shape[-1] < 2:
+        raise ValueError("the calibration text must give at least 2 tokens")
+    return ids[:, :max_tokens]
+
+
+def measure_attention_errors(
+    model: Any,
+    tokenizer: Any = None,
+    calibration_text: str | None = None,
+    bit_options: Sequence[Any] | None = None,
+    *,
+    input_ids: Any = None,
+    max_tokens: int = 512,
+    seed: int = 0,
+    n_outlier_channels: int = 0,
+) -> list[dict[LayerBits, float]]:
+    """Per-layer attention-output error of each candidate width, measured on real K/V.
+
+    One forward pass over the calibration text (``calibration_text``, default
+    `DEFAULT_CALIBRATION_TEXT`, at most ``max_tokens`` tokens; or ``input_ids`` directly) records
+    each attention layer's queries and K/V; each candidate in ``bit_options`` (ints and/or
+    ``(key_bits, value_bits)`` pairs; default ``[2, 3, 4]``) is then scored with
+    `layer_attention_error` (output projection applied, relative to the residual stream), using
+    the rotation seed ``seed + layer`` that `TurboQuantCache` gives that layer.
+
+    Returns:
+        One {width: error} dict per decoder layer, ready for `calibration_allocation`.
+    """
+    if input_ids is None:
+        if tokenizer is None:
+            raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
+        input_ids = _calibration_ids(tokenizer, calibration_text, max_tokens)
+    options = [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
+    records = capture_attention(model, input_ids)
+    if not records:
+        raise ValueError("the model ran no attention layer on the calibration text: nothing to allocate")
+    table: list[dict[LayerBits, float]] = []
+    for j, r in enumerate(records):
+        idx = r["layer_idx"] if isinstance(r["layer_idx"], int) and r["layer_idx"] >= 0 else j
+        table.append(
+            {
+                w: layer_attention_error(
+                    r["query"],
+                    r["keys"],
+                    r["values"],
+                    _pair(w, "width"),
+                    scaling=r["scaling"],
+                    sliding_window=r["sliding_window"],
+                    softcap=r["softcap"],
+                    out_proj=r["out_proj"],
+                    residual=r["residual"],
+                    seed=seed + idx,
+                    n_outlier_channels=n_outlier_channels,
+                )
+                for w in options
+            }
+        )
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# the cache
+
+
+class AdaptiveKVCache:
+    """KV-cache compression with a width per layer: one `TurboQuantKVCache` per distinct width.
+
+    Args:
+        head_dim: channels per head.
+        layer_bits: one width per layer: an int (keys and values) or a ``(key_bits, value_bits)``
+            pair, each 1..8.
+        residual_length: most recent tokens kept in full precision (every layer).
+        n_outlier_channels: key outlier channels per head (the paper's split, at one bit more).
+        seed: seed of the rotations.
+        **kwargs: further `TurboQuantKVCache` arguments (e.g. ``center``).
+
+    Raises:
+        ValueError: for an empty ``layer_bits`` or a width out of range.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        layer_bits: Sequence[LayerBits],
+        residual_length: int = 128,
+        n_outlier_channels: int = 0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        bits = [_normal(b, f"layer_bits[{i}]") for i, b in enumerate(layer_bits)]
+        if not bits:
+            raise ValueError("layer_bits must have at least one entry")
+        self.head_dim = int(head_dim)
+        self.layer_bits: list[LayerBits] = bits
+        self.residual_length = int(residual_length)
+        self.n_outlier_channels = int(n_outlier_channels)
+        self.seed = int(seed)
+        self.calibration_errors: list[dict[LayerBits, float]] | None = None
+        self._by_width: dict[tuple[int, int], TurboQuantKVCache] = {}
+        for b in bits:
+            kb, vb = _pair(b, "width")
+            if (kb, vb) not in self._by_width:
+                self._by_width[(kb, vb)] = TurboQuantKVCache(
+                    self.head_dim,
+                    bit_width=kb,
+                    residual_length=self.residual_length,
+                    key_bit_width=kb,
+                    value_bit_width=vb,
+                    n_outlier_channels=self.n_outlier_channels,
+                    seed=self.seed,
+                    **kwargs,
+                )
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layers."""
+        return len(self.layer_bits)
+
+    @property
+    def caches(self) -> list[TurboQuantKVCache]:
+        """The cache each layer uses (layers of equal width share one object)."""
+        return [self.cache_for(i) for i in range(self.n_layers)]
+
+    @property
+    def average_bits(self) -> float:
+        """Mean width over layers, keys and values alike (outlier channels not counted)."""
+        return sum(_cost(b) for b in self.layer_bits) / self.n_layers
+
+    @property
+    def key_bits(self) -> list[int]:
+        """Key width of each layer."""
+        return [_pair(b, "width")[0] for b in self.layer_bits]
+
+    @property
+    def value_bits(self) -> list[int]:
+        """Value width of each layer."""
+        return [_pair(b, "width")[1] for b in self.layer_bits]
+
+    def cache_for(self, layer_idx: int) -> TurboQuantKVCache:
+        """The `TurboQuantKVCache` of layer ``layer_idx``."""
+        if not isinstance(layer_idx, int) or not 0 <= layer_idx < self.n_layers:
+            raise IndexError(f"layer_idx {layer_idx!r} out of range for {self.n_layers} layers")
+        return self._by_width[_pair(self.layer_bits[layer_idx], "width")]
+
+    def compress_layer(self, layer_idx: int, keys: Any, values: Any) -> Any:
+        """Compresses layer ``layer_idx``'s (B, H, S, D) keys and values at its width."""
+        return self.cache_for(layer_idx).compress(keys, values)
+
+    def append_layer(self, layer_idx: int, compressed: Any, keys: Any, values: Any) -> Any:
+        """Appends new tokens to a layer's compressed object (see `TurboQuantKVCache.append`)."""
+        return self.cache_for(layer_idx).append(compressed, keys, values)
+
+    def decompress_layer_keys(self, layer_idx: int, compressed: Any) -> Any:
+        """Reconstructed keys of a layer's compressed object."""
+        return self.cache_for(layer_idx).decompress_keys(compressed)
+
+    def decompress_layer_values(self, layer_idx: int, compressed: Any) -> Any:
+        """Reconstructed values of a layer's compressed object."""
+        return self.cache_for(layer_idx).decompress_values(compressed)
+
+    def attention_layer(self, layer_idx: int, query: Any, compressed: Any, **kwargs: Any) -> Any:
+        """Attention from the codes of a layer's compressed object (`TurboQuantKVCache.attention`)."""
+        return self.cache_for(layer_idx).attention(query, compressed, **kwargs)
+
+    def to_cache(self, config: Any, **kwargs: Any) -> Any:
+        """A `turboquant_rs.hf_cache.TurboQuantCache` for ``generate()`` with these widths.
+
+        ``kwargs`` go to `TurboQuantCache` (default ``residual_length`` and
+        ``n_outlier_channels`` are this object's). Switch the model to the codes attention with
+        ``TurboQuantCache.from_model`` or ``model.set_attn_implementation("turboquant")``.
+        """
+        from .hf_cache import TurboQuantCache
+
+        kwargs.setdefault("residual_length", self.residual_length)
+        kwargs.setdefault("n_outlier_channels", self.n_outlier_channels)
+        kwargs.setdefault("seed", self.seed)
+        return TurboQuantCache(config, layer_bits=list(self.layer_bits), **kwargs)
+
+    def summary(self) -> str:
+        """A readable table: width per layer (with the calibration errors when measured) and the average."""
+        lines = [f"AdaptiveKVCache: {self.n_layers} layers, head_dim={self.head_dim}"]
+        for i, b in enumerate(self.layer_bits):
+            kb, vb = _pair(b, "width")
+            width = f"{kb}-bit" if kb == vb else f"K{kb}/V{vb}"
+            extra = ""
+            if self.calibration_errors is not None and i < len(self.calibration_errors):
+                row = self.calibration_errors[i]
+                extra = "  error " + ", ".join(
+                    f"{_label(w)}: {e:.2e}" for w, e in sorted(row.items(), key=lambda x: _cost(x[0]))
+                )
+            lines.append(f"  Layer {i:2d}: {width}{extra}")
+        lines.append(f"  Average: {self.average_bits:.2f} bits per coordinate")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveKVCache(head_dim={self.head_dim}, layers={self.n_layers}, "
+            f"average_bits={self.average_bits:.2f})"
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        head_dim: int | None = None,
+        calibration_text: str | None = None,
+        target_avg_bits: float = 3.0,
+        residual_length: int = 128,
+        n_outlier_channels: int = 0,
+        *,
+        bit_options: Sequence[Any] | None = None,
+        max_tokens: int = 512,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> AdaptiveKVCache:
+        """Calibrated widths for ``model``: measure, then allocate at ``target_avg_bits``.
+
+        Runs `measure_attention_errors` on ``calibration_text`` (default
+        `DEFAULT_CALIBRATION_TEXT`) with the candidate widths ``bit_options`` (default
+        ``[2, 3, 4]``; ``(key, value)`` pairs allowed) and allocates with
+        `calibration_allocation`. The measured table is kept in ``calibration_errors``.
+
+        Raises:
+            ValueError: if ``head_dim`` does not match the model's keys, or the target is below
+                the cheapest option.
+        """
+        table = measure_attention_errors(
+            model,
+            tokenizer,
+            calibration_text,
+            bit_options,
+            max_tokens=max_tokens,
+            seed=seed,
+            n_outlier_channels=n_outlier_channels,
+        )
+        bits = calibration_allocation(table, target_avg_bits)
+        tc = (
+            model.config.get_text_config(decoder=True)
+            if hasattr(model.config, "get_text_config")
+            else model.config
+        )
+        d_model = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        if head_dim is None:
+            head_dim = int(d_model)
+        elif int(head_dim) != int(d_model):
+            raise ValueError(f"head_dim={head_dim} but the model's keys have head_dim {d_model}")
+        n_layers = getattr(tc, "num_hidden_layers", len(bits))
+        if len(bits) != n_layers:
+            raise ValueError(
+                f"the model ran {len(bits)} attention layers but has {n_layers} decoder layers: "
+                "allocate with measure_attention_errors / calibration_allocation per attention layer"
+            )
+        out = cls(
+            head_dim,
+            bits,
+            residual_length=residual_length,
+            n_outlier_channels=n_outlier_channels,
+            seed=seed,
+            **kwargs,
+        )
+        out.calibration_errors = table
+        return out
+
+
+def _label(width: LayerBits) -> str:
+    """A short name of a width: ``"3"`` or ``"K4/V3"``."""
+    kb, vb = _pair(width, "width")
+    return str(kb) if kb == vb else f"K{kb}/V{vb}"
+
+
+__all__ = [
+    "AdaptiveKVCache",
+    "DEFAULT_CALIBRATION_TEXT",
+    "LayerBits",
+    "calibration_allocation",
+    "capture_attention",
+    "gradient_allocation",
+    "layer_attention_error",
+    "measure_attention_errors",
+    "quantized_kv",
+    "uniform_allocation",
+]

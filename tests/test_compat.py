@@ -59,6 +59,8 @@ EXPECT: dict[str, dict[str, Any]] = {
         head_dim=16, kv=2, q=4, kinds=["linear_attention", "full_attention"], skip=[0], window=None
     ),
     "lfm2": dict(head_dim=16, kv=2, q=4, kinds=["conv", "full_attention"], skip=[0], window=None),
+    "zamba2": dict(head_dim=16, kv=2, q=4, kinds=["linear_attention", "hybrid"], skip=[0], window=None),
+    "falcon_h1": dict(head_dim=16, kv=2, q=4, kinds=["hybrid", "hybrid"], skip=[], window=None),
 }
 
 
@@ -109,7 +111,7 @@ def _prefill(model: Any, inputs: dict[str, Any]) -> Any:
     return getattr(out, "past_key_values", None) or out.cache
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3", "jamba", "lfm2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3", "jamba", "lfm2", "zamba2", "falcon_h1"])
 def test_compress_model_kv_continues_generate(family: str) -> None:
     # transformers' own pattern for continuing from a cache: the cache holds every token but the
     # last of the ids passed to generate() (a cache holding all of them makes 5.25 feed the whole

@@ -91,6 +91,33 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "Lfm2ForCausalLM",
         dict(num_hidden_layers=2, layer_types=["conv", "full_attention"]),
     ),
+    # hybrid layers: SSM state and attention in one layer
+    "zamba2": (
+        "Zamba2Config",
+        "Zamba2ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            layers_block_type=["mamba", "hybrid"],
+            mamba_d_state=8,
+            mamba_headdim=16,
+            n_mamba_heads=8,
+            num_mem_blocks=1,
+            attention_head_dim=16,
+        ),
+    ),
+    "falcon_h1": (
+        "FalconH1Config",
+        "FalconH1ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            mamba_d_ssm=32,
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            head_dim=16,
+        ),
+    ),
 }
 
 _MODELS: dict[str, Any] = {}
@@ -177,6 +204,10 @@ def test_layer_kinds_follow_the_config() -> None:
     for family, expect in kinds.items():
         cache = TurboQuantCache(tiny_model(family).config, bit_width=4)
         assert [type(layer) for layer in cache.layers] == expect, family
+    from turboquant_rs.hf_cache import TurboQuantHybridLayer
+
+    zamba = TurboQuantCache(tiny_model("zamba2").config).layers
+    assert not isinstance(zamba[0], TurboQuantLayer) and isinstance(zamba[1], TurboQuantHybridLayer)
     lfm2 = TurboQuantCache(tiny_model("lfm2").config)
     assert not isinstance(lfm2.layers[0], TurboQuantLayer)
     assert isinstance(lfm2.layers[1], TurboQuantLayer)

@@ -58,7 +58,9 @@ __all__ = [
     "ATTN_IMPLEMENTATION",
     "TurboQuantCache",
     "TurboQuantDynamicCache",
+    "TurboQuantHybridLayer",
     "TurboQuantLayer",
+    "TurboQuantSlidingHybridLayer",
     "TurboQuantSlidingLayer",
     "TurboQuantWrapper",
     "enable_turboquant_attention",
@@ -530,6 +532,78 @@ class TurboQuantSlidingLayer(TurboQuantLayer):
             self._segments.pop(0)
 
 
+_LinearLayer: Any = getattr(_cu, "LinearAttentionLayer", None)
+#: State attributes of transformers' linear-attention layers (copied by `TurboQuantCache.load_from`).
+_LINEAR_STATE = (
+    "number_of_states",
+    "conv_states",
+    "recurrent_states",
+    "is_conv_states_initialized",
+    "is_recurrent_states_initialized",
+    "has_previous_state",
+    "conv_kernel_size",
+    "cumulative_length_linear",
+    "batch_size",
+)
+
+
+def _hybrid_class(attention: type[TurboQuantLayer]) -> type[TurboQuantLayer] | None:
+    """A layer holding an SSM/conv state (transformers' LinearAttentionLayer) and TurboQuant KV."""
+    if _LinearLayer is None:  # pragma: no cover - transformers without linear-attention layers
+        return None
+
+    class _Hybrid(_LinearLayer, attention):  # type: ignore[misc, valid-type]
+        is_compileable = False
+
+        def __init__(self, number_of_states: int = 1, **kwargs: Any) -> None:
+            attention.__init__(self, **kwargs)
+            _LinearLayer.__init__(self, number_of_states=number_of_states)
+
+        def lazy_initialization(self, *args: Any, **kwargs: Any) -> None:
+            # update() passes (keys, values); the conv / recurrent state updates pass keywords
+            if len(args) == 2 and not kwargs:
+                attention.lazy_initialization(self, *args)
+            elif not args:
+                _LinearLayer.lazy_initialization(self, **kwargs)
+
+        def offload(self) -> None:
+            """No-op (see TurboQuantLayer.offload)."""
+
+        def prefetch(self) -> None:
+            """No-op."""
+
+        def reset(self) -> None:
+            _LinearLayer.reset(self)
+            attention.reset(self)
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            _LinearLayer.reorder_cache(self, beam_idx)
+            attention.reorder_cache(self, beam_idx)
+
+        def crop(self, tokens_to_remove: int) -> None:
+            _LinearLayer.crop(self, tokens_to_remove)
+            attention.crop(self, tokens_to_remove)
+
+        def get_seq_length(self) -> int:
+            return attention.get_seq_length(self)
+
+        def get_max_length(self) -> int:
+            return attention.get_max_length(self)
+
+    _Hybrid.__name__ = _Hybrid.__qualname__ = f"{attention.__name__[:-5]}HybridLayer"
+    _Hybrid.__doc__ = (
+        f"A hybrid layer (Zamba2, Falcon-H1): an SSM/conv state as transformers keeps it, plus "
+        f"TurboQuant KV as in `{attention.__name__}`."
+    )
+    return _Hybrid
+
+
+#: Hybrid (state + full attention) layer class, or None where transformers has no linear layers.
+TurboQuantHybridLayer = _hybrid_class(TurboQuantLayer)
+#: Hybrid (state + sliding attention) layer class.
+TurboQuantSlidingHybridLayer = _hybrid_class(TurboQuantSlidingLayer)
+
+
 def _stand_in(layer: TurboQuantLayer, like: torch.Tensor, n: int) -> torch.Tensor:
     """A zero-memory (B, H, n, D) tensor carrying a reference to ``layer``."""
     b, h, _, d = like.shape
@@ -671,11 +745,13 @@ class TurboQuantCache(Cache):
                     f"layer {i} uses chunked attention (attention_chunk_size): not supported by "
                     "TurboQuantCache's attention"
                 )
-            elif kind.startswith("hybrid"):
-                raise ValueError(
-                    f"layer {i} is a '{kind}' layer (SSM state and attention in one layer, Zamba2 / "
-                    "Falcon-H1): not supported by TurboQuantCache yet"
-                )
+            elif kind in ("hybrid", "hybrid_sliding") and TurboQuantHybridLayer is not None:
+                kw = self._layer_kwargs(i, head_dim, n_kv, bits)
+                kw["number_of_states"] = getattr(tc, "number_of_conv_states", 1)
+                if kind == "hybrid":
+                    layers.append(TurboQuantHybridLayer(**kw))
+                else:
+                    layers.append(TurboQuantSlidingHybridLayer(sliding_window=window, **kw))
             elif kind in _cu.DYNAMIC_LAYER_TYPE_MAPPING:
                 # No KV (conv / linear attention / dummy): transformers' own layer, as DynamicCache.
                 cls = _cu.DYNAMIC_LAYER_TYPE_MAPPING[kind]
@@ -794,6 +870,11 @@ class TurboQuantCache(Cache):
                 else:
                     k, v = pairs[i]
                     total = None
+                if _LinearLayer is not None and isinstance(layer, _LinearLayer) and src_layers is not None:
+                    # hybrid: the SSM / conv state travels as it is
+                    for name in _LINEAR_STATE:
+                        if hasattr(src_layers[i], name):
+                            setattr(layer, name, copy.deepcopy(getattr(src_layers[i], name)))
                 if k is None or v is None or k.ndim != 4 or k.shape[-2] == 0:
                     continue
                 layer.load(k, v, total_length=total)

@@ -25,6 +25,7 @@ _SOURCE = Path(__file__).resolve().parent / "kernels" / "turboquant.cu"
 _LOCK = threading.Lock()
 _MODULES: dict[tuple[Any, ...], Any] = {}
 _SMEM: dict[tuple[Any, ...], int] = {}
+_STREAMS: dict[int, Any] = {}
 
 #: Element-type codes of the CUDA sources (``TQ_IN``).
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
@@ -98,7 +99,17 @@ def stream_of(x: Any) -> Iterator[None]:
         import torch
 
         cp = cupy()
-        s = cp.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
+        ts = torch.cuda.current_stream(x.device)
+        s = _STREAMS.get(ts.cuda_stream)
+        if s is None:
+            from_external = getattr(cp.cuda.Stream, "from_external", None)
+            try:
+                s = from_external(ts) if from_external is not None else None
+            except Exception:
+                s = None
+            if s is None:
+                s = cp.cuda.ExternalStream(ts.cuda_stream, ts.device.index)
+            _STREAMS[ts.cuda_stream] = s
         with s:
             yield
     else:

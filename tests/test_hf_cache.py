@@ -697,3 +697,49 @@ def test_long_sliding_generation_equals_dynamic_cache() -> None:
     assert_same_greedy(ref, out)
     layer = cache.layers[0]
     assert len(layer.stores) >= 1 and layer.held_tokens < 80
+
+
+def test_deepcopy_gives_an_independent_cache() -> None:
+    import copy
+
+    model = tiny_model("gemma3")
+    inputs = prompt(length=12)
+    cut = {k: v[:, :-1] for k, v in inputs.items()}
+    cache = TurboQuantCache.from_model(model, bit_width=8, residual_length=2)
+    with torch.no_grad():
+        model(**cut, **{cache_argument_name(model): cache})
+    twin = copy.deepcopy(cache)
+    assert twin.layers[0].owner is twin and twin.layers[0].store is not cache.layers[0].store
+    a = greedy(model, inputs, cache, n=4)
+    b = greedy(model, inputs, twin, n=4)
+    assert torch.equal(a, b)
+    assert cache.get_seq_length() == twin.get_seq_length() == 11 + 4
+
+
+def test_t5_relative_bias_is_refused_for_codes_and_falls_back_loudly() -> None:
+    torch.manual_seed(0)
+    cfg = T.T5Config(
+        vocab_size=96,
+        d_model=64,
+        d_kv=16,
+        d_ff=96,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        initializer_factor=3.0,
+        decoder_start_token_id=0,
+    )
+    model = T.T5ForConditionalGeneration(cfg).eval()
+    with pytest.raises(ValueError, match="relative position bias"):
+        TurboQuantCache.from_model(model)
+    model.set_attn_implementation("eager")
+    ids = torch.randint(3, 96, (1, 9), generator=torch.Generator().manual_seed(3))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ref = greedy(model, inputs, n=5)
+    cache = T.EncoderDecoderCache(TurboQuantCache(cfg, bit_width=8, residual_length=0), DynamicCache())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = greedy(model, inputs, cache, n=5)
+    assert any("dense dequantized" in str(w.message) for w in seen)
+    assert torch.equal(ref, out)
+    assert cache.self_attention_cache.quantized_tokens == [out.shape[1] - 1] * 2

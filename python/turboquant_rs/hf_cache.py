@@ -315,6 +315,19 @@ class TurboQuantLayer(CacheLayerMixin):
         self.keys = self.keys.repeat_interleave(repeats, dim=0)
         self.values = self.values.repeat_interleave(repeats, dim=0)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> TurboQuantLayer:
+        """An independent copy (stores copied with ``KVLayerStore.copy``; the owner through ``memo``)."""
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            if name == "_segments":
+                new._segments = [store.copy() for store in value]
+            else:
+                setattr(new, name, copy.deepcopy(value, memo))
+        return new
+
     # -- TurboQuant specifics ---------------------------------------------------------------------
     @property
     def store(self) -> Any:
@@ -425,7 +438,7 @@ class TurboQuantLayer(CacheLayerMixin):
         """Quantize ``keys`` / ``values`` (B, H, T, D) into the store."""
         if keys.shape[-2] == 0:
             return
-        self.store.append(keys.detach().contiguous(), values.detach().contiguous())
+        self.store.append(_cpu(keys), _cpu(values))
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense keys and values of every held token, decoded from the codes (a materialised copy).
@@ -604,6 +617,14 @@ TurboQuantHybridLayer = _hybrid_class(TurboQuantLayer)
 TurboQuantSlidingHybridLayer = _hybrid_class(TurboQuantSlidingLayer)
 
 
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, contiguous and on the CPU (the packed engine's device)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    return t.contiguous()
+
+
 def _stand_in(layer: TurboQuantLayer, like: torch.Tensor, n: int) -> torch.Tensor:
     """A zero-memory (B, H, n, D) tensor carrying a reference to ``layer``."""
     b, h, _, d = like.shape
@@ -777,6 +798,12 @@ class TurboQuantCache(Cache):
             The cache; for encoder-decoder models an ``EncoderDecoderCache`` whose self-attention
             cache is a `TurboQuantCache` (cross-attention stays a DynamicCache).
         """
+        if getattr(_text_config(model.config), "relative_attention_num_buckets", None) is not None:
+            raise ValueError(
+                "this model adds a relative position bias to its attention scores (T5 style), which "
+                "attention computed from codes cannot apply. TurboQuantCache(model.config) with the "
+                "model's own attention works, through the (warned) dense dequantizing fallback."
+            )
         cache = cls(model.config, bit_width=bit_width, **kwargs)
         enable_turboquant_attention(model)
         if getattr(model.config, "is_encoder_decoder", False):
@@ -1097,12 +1124,16 @@ def turboquant_attention(
     valid = _key_valid(attention_mask, n_keys, query.shape[0])
     window = layer.sliding_window if layer.sliding_window is not None else sliding_window
     stores = [store for store in layer.stores if store.seq_len > 0]
+    device = query.device
+    query, extra_k, extra_v = _cpu(query), _cpu(layer.keys), _cpu(layer.values)
+    if valid is not None:
+        valid = valid.cpu()
     if len(stores) <= 1:
         out = _kv().packed_attention(
             query,
             stores[0] if stores else None,
-            layer.keys,
-            layer.values,
+            extra_k,
+            extra_v,
             scaling=float(scaling),
             softcap=softcap,
             sliding_window=window,
@@ -1112,15 +1143,15 @@ def turboquant_attention(
         out = _multi_store_attention(
             query,
             stores,
-            layer.keys,
-            layer.values,
+            extra_k,
+            extra_v,
             scaling=float(scaling),
             softcap=softcap,
             sliding_window=window,
             key_valid=valid,
         )
     layer.commit()
-    return out.transpose(1, 2).contiguous(), None
+    return out.to(device).transpose(1, 2).contiguous(), None
 
 
 def turboquant_mask(

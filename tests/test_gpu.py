@@ -228,7 +228,7 @@ def _reference(
         (128, 4, 4, 4, 16, False, 16, 0.0, 0, "float16"),
     ],
 )
-@pytest.mark.parametrize("impl", ["simt", "tc"])
+@pytest.mark.parametrize("impl", ["simt", "tc", "tc2"])
 def test_attention_matches_float64_reference(
     D: int, kb: int, vb: int, G: int, Lq: int, mean: bool, extra: int, softcap: float,
     window: int, dtype: str, impl: str,
@@ -284,7 +284,7 @@ def test_attention_matches_float64_reference(
 
 
 @gpu
-@pytest.mark.parametrize("impl", ["simt", "tc"])
+@pytest.mark.parametrize("impl", ["simt", "tc", "tc2"])
 def test_attention_f32_output_is_within_1e3_of_dequantized_reference(impl: str) -> None:
     """The kernel's own arithmetic (no output rounding): float32 query, K4/V4, D = 128."""
     _cp()

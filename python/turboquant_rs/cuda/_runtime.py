@@ -24,7 +24,7 @@ _EXTRA_HINT = (
 _SOURCE = Path(__file__).resolve().parent / "kernels" / "turboquant.cu"
 _LOCK = threading.Lock()
 _MODULES: dict[tuple[Any, ...], Any] = {}
-_SMEM: dict[tuple[Any, ...], int] = {}
+_SMEM: dict[tuple[Any, ...], tuple[int, ...]] = {}
 _STREAMS: dict[int, Any] = {}
 
 #: Element-type codes of the CUDA sources (``TQ_IN``).
@@ -173,16 +173,15 @@ def module(
         return mod
 
 
-def attn_smem(mod: Any, key: tuple[Any, ...]) -> int:
-    """Bytes of the attention kernels' dynamic shared memory for a module (read once)."""
-    if key in _SMEM:
-        return _SMEM[key]
-    cp = cupy()
-    out = cp.zeros(1, dtype=cp.int32)
-    mod.get_function("tq_attn_smem_size")((1,), (1,), (out,))
-    n = int(out.get()[0])
-    _SMEM[key] = n
-    return n
+def attn_smem(mod: Any, key: tuple[Any, ...], buffers: int = 1) -> int:
+    """Bytes of the attention kernels' dynamic shared memory for a module (read once), with
+    single (1) or double-buffered (2) tiles."""
+    if key not in _SMEM:
+        cp = cupy()
+        out = cp.zeros(2, dtype=cp.int32)
+        mod.get_function("tq_attn_smem_size")((1,), (1,), (out,))
+        _SMEM[key] = tuple(int(v) for v in out.get())
+    return _SMEM[key][buffers - 1]
 
 
 def sm_count() -> int:

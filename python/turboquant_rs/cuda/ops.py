@@ -361,7 +361,8 @@ def decode_attention(
     ``window > 0`` attends only to the last ``window`` positions; ``lengths`` overrides the
     stored tokens per sequence; ``softcap > 0`` applies ``cap·tanh(z/cap)`` to the logits.
     ``impl``: ``"tc"`` (tensor cores, mma.sync with hi/lo split operands; needs
-    ``head_dim % 16 == 0``), ``"simt"`` (f32 FMAs) or ``"auto"`` (tc when it applies).
+    ``head_dim % 16 == 0``), ``"tc2"`` (the same with double-buffered tiles), ``"simt"`` (f32
+    FMAs) or ``"auto"`` (tc2 when it applies, else simt).
     Returns the output (query dtype) and, with ``return_lse``, the log-sum-exp (float32)."""
     cp = rt.cupy()
     qi = _inp(query, "query")
@@ -382,7 +383,14 @@ def decode_attention(
     nrg = (R + rg - 1) // rg
     mod = rt.module(D, kv.key_bits, kv.key_bits, kv.value_bits, rg, qi.dtype, attn=True)
     key = (rt._device_id(), D, kv.key_bits, kv.value_bits, rg, qi.dtype)
+    if impl not in ("auto", "tc", "tc2", "simt"):
+        raise ValueError("impl must be 'auto', 'tc', 'tc2' or 'simt'")
+    if impl == "auto":
+        impl = "tc2" if D % 16 == 0 else "simt"
+    if impl != "simt" and D % 16:
+        raise ValueError("the tensor-core kernels need head_dim % 16 == 0")
     smem = rt.attn_smem(mod, key)
+    smem2 = rt.attn_smem(mod, key, 2)
     tab = rt.DeviceTables.get(D, kv.seed)
     kcent = tab.codebook(kv.key_bits)[0]
     vcent = tab.codebook(kv.value_bits)[0]
@@ -435,17 +443,17 @@ def decode_attention(
             np.int32(Hq), np.int32(Hkv), np.int32(Lq), np.int32(kv.capacity), np.int32(e_cap),
             np.int32(tps), np.int32(ns), np.int32(window), np.int32(nrg), np.float32(softcap),
         )  # fmt: skip
-        use_tc = impl == "tc" or (impl == "auto" and D % 16 == 0)
-        if use_tc and D % 16:
-            raise ValueError("impl='tc' needs head_dim % 16 == 0")
-        fa = mod.get_function("tq_attn_codes_tc" if use_tc else "tq_attn_codes")
-        _set_smem(fa, smem)
+        fa = mod.get_function(
+            {"tc": "tq_attn_codes_tc", "tc2": "tq_attn_codes_tc2"}.get(impl, "tq_attn_codes")
+        )
+        sa = smem2 if impl == "tc2" else smem
+        _set_smem(fa, sa)
         fa(
             (ns, Hkv * nrg, B),
             (128,),
             (qr, qm, kv.key_codes, kv.key_scales, kv.value_codes, kv.value_scales, kcent, vcent,
              clen, elen, *scal, part_acc, part_ml),
-            shared_mem=smem,
+            shared_mem=sa,
         )  # fmt: skip
         qraw: Any = _NULL
         if extra_keys is not None:

@@ -837,25 +837,31 @@ __device__ __forceinline__ void frag_pair(const u32* tab, int c0, int c1, u32& h
 }
 
 // Shared layout of the attention kernels (dynamic shared memory).
-struct AttnSmem {
+template <int NB> struct AttnSmemT {
     alignas(16) float q[TQ_D * TQ_RG];  // q[d * RG + r]
     float qm[TQ_RG];
     int qpos[TQ_RG];
     float kcent[1 << TQ_KB];
     float vcent[1 << TQ_VB];
-    float ks[TQ_TILE];
-    float vs[TQ_TILE];
+    float ks[NB][TQ_TILE];
+    float vs[NB][TQ_TILE];
     alignas(16) float P[TQ_TILE * TQ_RG];
     SoftState ss;
     float red[TQ_RG * TQ_D];
-    alignas(16) u8 kt[TQ_TILE * KSTR];
-    alignas(16) u8 vt[TQ_TILE * VSTR];
+    alignas(16) u8 kt[NB][TQ_TILE * KSTR];  // NB = 2: double-buffered tiles
+    alignas(16) u8 vt[NB][TQ_TILE * VSTR];
     u32 kth[1 << TQ_KB];  // tensor-core centroid tables (hi | lo << 16)
     u32 vth[1 << TQ_VB];
     u8 pad[16];  // the last row's funnel-shift read may touch 4 bytes past it
 };
 
-template <bool TC>
+using AttnSmem = AttnSmemT<1>;
+
+template <int N> __device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <bool TC, int NB>
 __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, const float* __restrict__ qm,
                   const u8* __restrict__ kc, const float* __restrict__ ks,
                   const u8* __restrict__ vc, const float* __restrict__ vs,
@@ -865,7 +871,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
                   float softcap, float* __restrict__ part_acc, float* __restrict__ part_ml) {
     const AttnParams ap{Hq, Hkv, Lq, S_cap, E_cap, tps, nsplit, window, nrg, softcap};
     extern __shared__ __align__(16) u8 smem_raw[];
-    AttnSmem& sm = *reinterpret_cast<AttnSmem*>(smem_raw);
+    AttnSmemT<NB>& sm = *reinterpret_cast<AttnSmemT<NB>*>(smem_raw);
     const int split = blockIdx.x;
     const int h = blockIdx.y / ap.nrg, rg = blockIdx.y - h * ap.nrg;
     const int b = blockIdx.z;
@@ -946,16 +952,38 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
     }
 
     const long long stream = (long long)b * ap.Hkv + h;
+    // issue the copies of the tile at t0b into buffer bi (cp.async, one commit group)
+    auto issue = [&](int t0b, int bi) {
+        const int nb = min(TQ_TILE, ap.S_cap - t0b);
+        copy_rows<KRB, KSTR, KCU>(sm.kt[bi], kc + (stream * ap.S_cap + t0b) * KRB, nb);
+        copy_rows<VRB, VSTR, VCU>(sm.vt[bi], vc + (stream * ap.S_cap + t0b) * VRB, nb);
+        if (tid < nb) {
+            copy_piece<4>(&sm.ks[bi][tid], ks + stream * ap.S_cap + t0b + tid);
+            copy_piece<4>(&sm.vs[bi][tid], vs + stream * ap.S_cap + t0b + tid);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    int buf = 0;
+    if (NB == 2 && t_lo < t_hi) issue(t_lo, 0);
     for (int t0 = t_lo; t0 < t_hi; t0 += TQ_TILE) {
         const int n = min(TQ_TILE, ap.S_cap - t0);
-        copy_rows<KRB, KSTR, KCU>(sm.kt, kc + (stream * ap.S_cap + t0) * KRB, n);
-        copy_rows<VRB, VSTR, VCU>(sm.vt, vc + (stream * ap.S_cap + t0) * VRB, n);
-        if (tid < n) {
-            copy_piece<4>(&sm.ks[tid], ks + stream * ap.S_cap + t0 + tid);
-            copy_piece<4>(&sm.vs[tid], vs + stream * ap.S_cap + t0 + tid);
+        if (NB == 2) {
+            // prefetch the next tile into the other buffer while this one is computed
+            if (t0 + TQ_TILE < t_hi) {
+                issue(t0 + TQ_TILE, buf ^ 1);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+        } else {
+            issue(t0, 0);
+            cp_wait<0>();
         }
-        cp_commit_wait();
         __syncthreads();
+        const u8* kt = sm.kt[NB == 2 ? buf : 0];
+        const u8* vt = sm.vt[NB == 2 ? buf : 0];
+        const float* kss = sm.ks[NB == 2 ? buf : 0];
+        const float* vss = sm.vs[NB == 2 ? buf : 0];
 
         // phase A: scores, one token per thread
         const int t = t0 + tid;
@@ -964,14 +992,14 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
             float dot[TQ_RG];
 #pragma unroll
             for (int r = 0; r < TQ_RG; ++r) dot[r] = 0.0f;
-            const u8* row = sm.kt + tid * KSTR;
+            const u8* row = kt + tid * KSTR;
             if constexpr (TC) {
                 // scores^T = K Q^T: M = 16 tokens, N = 8 query rows, K = 16 dims per mma
 #pragma unroll
                 for (int m = 0; m < 2; ++m) {
                     const int tA = warp * 32 + m * 16 + fg, tB = tA + 8;
-                    const u8* rA = sm.kt + tA * KSTR;
-                    const u8* rB = sm.kt + tB * KSTR;
+                    const u8* rA = kt + tA * KSTR;
+                    const u8* rB = kt + tB * KSTR;
                     float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                     for (int c = 0; c < NCH; ++c) {
@@ -1032,7 +1060,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
             }
             }
             const bool tok_ok = tid < n && t < t_hi;
-            const float kscale = tok_ok ? sm.ks[tid] : 0.0f;
+            const float kscale = tok_ok ? kss[tid] : 0.0f;
 #pragma unroll
             for (int r = 0; r < TQ_RG; ++r) {
                 const int qp = sm.qpos[r];
@@ -1040,7 +1068,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
                 sc[r] = ok ? cap_logit(sm.qm[r] + kscale * dot[r], ap.softcap) : -TQ_INF;
             }
         }
-        const float vsc = (tid < n && t < t_hi) ? sm.vs[tid] : 0.0f;
+        const float vsc = (tid < n && t < t_hi) ? vss[tid] : 0.0f;
         softmax_tile(sm.ss, sc, vsc, l_part, sm.P);
 
         // phase B: values
@@ -1069,7 +1097,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
                 u32 pbh0, pbl0, pbh1, pbl1;
                 split_h2(p0, p1, pbh0, pbl0);
                 split_h2(p2, p3, pbh1, pbl1);
-                const u8* v0 = sm.vt + tk * VSTR;
+                const u8* v0 = vt + tk * VSTR;
                 const u8* v1 = v0 + VSTR;
                 const u8* v8 = v0 + 8 * VSTR;
                 const u8* v9 = v0 + 9 * VSTR;
@@ -1098,7 +1126,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
             }
             const int nt = min(n, t_hi - t0);
             for (int tt = team; tt < nt; tt += NT) {
-                const u64 bits = load8<TQ_VB>(sm.vt + tt * VSTR, tl);
+                const u64 bits = load8<TQ_VB>(vt + tt * VSTR, tl);
                 float cv[8];
 #pragma unroll
                 for (int k = 0; k < 8; ++k)
@@ -1113,6 +1141,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
             }
         }
         __syncthreads();
+        buf ^= 1;
     }
     if constexpr (TC) {
         partial_begin(sm.ss, sm.red);
@@ -1152,12 +1181,17 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
 
 // CUDA-core variant (f32 FMAs from shared-memory centroids).
 extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes(TQ_CODES_ARGS) {
-    attn_codes_body<false>(TQ_CODES_PASS);
+    attn_codes_body<false, 1>(TQ_CODES_PASS);
 }
 
 // Tensor-core variant (mma.sync with hi/lo split operands; needs D % 16 == 0 and RG <= 8).
 extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes_tc(TQ_CODES_ARGS) {
-    attn_codes_body<true>(TQ_CODES_PASS);
+    attn_codes_body<true, 1>(TQ_CODES_PASS);
+}
+
+// Tensor-core variant with double-buffered tiles (the next tile's copy overlaps this one's math).
+extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes_tc2(TQ_CODES_ARGS) {
+    attn_codes_body<true, 2>(TQ_CODES_PASS);
 }
 
 // The full-precision segment (the residual window, input dtype): same softmax, values
@@ -1314,5 +1348,8 @@ extern "C" __global__ void tq_attn_reduce(const float* __restrict__ part_acc,
 }
 
 // sizeof the attention kernels' dynamic shared memory, for the host launcher.
-extern "C" __global__ void tq_attn_smem_size(int* out) { out[0] = (int)sizeof(AttnSmem); }
+extern "C" __global__ void tq_attn_smem_size(int* out) {
+    out[0] = (int)sizeof(AttnSmemT<1>);
+    out[1] = (int)sizeof(AttnSmemT<2>);
+}
 #endif  // TQ_WITH_ATTN

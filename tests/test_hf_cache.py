@@ -743,3 +743,20 @@ def test_t5_relative_bias_is_refused_for_codes_and_falls_back_loudly() -> None:
     assert any("dense dequantized" in str(w.message) for w in seen)
     assert torch.equal(ref, out)
     assert cache.self_attention_cache.quantized_tokens == [out.shape[1] - 1] * 2
+
+
+def test_attn_implementation_by_name_at_load_time() -> None:
+    from turboquant_rs.hf_cache import register_turboquant_attention
+
+    name = register_turboquant_attention()
+    torch.manual_seed(0)
+    cfg_name, _, kw = FAMILIES["llama"]
+    cfg = getattr(T, cfg_name)(**{**COMMON, **kw})
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation=name).eval()
+    assert model.config._attn_implementation == name
+    inputs = prompt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the cache sees the codes attention: no fallback
+        out = greedy(model, inputs, TurboQuantCache(model.config, bit_width=8, residual_length=0))
+    model.set_attn_implementation("sdpa")
+    assert torch.equal(out, greedy(model, inputs))

@@ -760,3 +760,19 @@ def test_attn_implementation_by_name_at_load_time() -> None:
         out = greedy(model, inputs, TurboQuantCache(model.config, bit_width=8, residual_length=0))
     model.set_attn_implementation("sdpa")
     assert torch.equal(out, greedy(model, inputs))
+
+
+def test_outlier_split_reaches_the_store() -> None:
+    model = tiny_model("llama")
+    inputs = prompt()
+    ref = greedy(model, inputs)
+    cache = TurboQuantCache.from_model(
+        model, bit_width=7, residual_length=0, n_outlier_channels=8, value_outlier_channels=8, outlier_bits=8
+    )
+    assert torch.equal(greedy(model, inputs, cache), ref)
+    store = cache.layers[0].store
+    assert store.key_bits == pytest.approx(7.5) and store.value_bits == pytest.approx(7.5)
+    with pytest.raises(ValueError, match="n_outlier_channels"):
+        TurboQuantCache(model.config, n_outlier_channels=15)
+    with pytest.raises(ValueError, match="outlier_bits"):
+        TurboQuantCache(model.config, n_outlier_channels=4, outlier_bits=9)

@@ -109,7 +109,10 @@ class TurboQuantLayer(CacheLayerMixin):
         key_bits: Bits per key coordinate.
         value_bits: Bits per value coordinate.
         residual_length: Most recent tokens kept in full precision (0: everything stored is quantized).
-        n_outlier_channels: Key outlier channels per head split off at one bit more (0, or 2..head_dim-2).
+        n_outlier_channels: Key outlier channels per head (0, or 2..head_dim-2), stored at
+            ``outlier_bits`` (the paper's outlier split: e.g. half the channels at b + 1 is b + 0.5 bits).
+        value_outlier_channels: The same for values.
+        outlier_bits: Bits of the outlier channels (default: one more than the side's bits).
         seed: Seed of the store's random rotation.
         owner: The cache this layer belongs to (decides codes attention vs dense fallback).
         layer_idx: Index of the layer in the model.
@@ -131,6 +134,8 @@ class TurboQuantLayer(CacheLayerMixin):
         n_outlier_channels: int = 0,
         seed: int = 0,
         owner: TurboQuantCache | None = None,
+        value_outlier_channels: int = 0,
+        outlier_bits: int | None = None,
         layer_idx: int = 0,
     ) -> None:
         super().__init__()
@@ -142,6 +147,8 @@ class TurboQuantLayer(CacheLayerMixin):
         self.value_bits = _check_bits(value_bits if value_bits is not None else key_bits, "value bits")
         self.residual_length = int(residual_length)
         self.n_outlier_channels = int(n_outlier_channels)
+        self.value_outlier_channels = int(value_outlier_channels)
+        self.outlier_bits = None if outlier_bits is None else _check_bits(outlier_bits, "outlier_bits")
         self.seed = int(seed)
         self.owner = owner
         self.layer_idx = layer_idx
@@ -373,6 +380,8 @@ class TurboQuantLayer(CacheLayerMixin):
             self.key_bits,
             self.value_bits,
             key_outliers=self.n_outlier_channels,
+            value_outliers=self.value_outlier_channels,
+            outlier_bits=self.outlier_bits,
             seed=self.seed,
         )
 
@@ -660,10 +669,13 @@ class TurboQuantCache(Cache):
             stored (the current step's tokens always attend to themselves exactly).
         key_bit_width: Bits for keys (default ``bit_width``).
         value_bit_width: Bits for values (default ``bit_width``).
-        n_outlier_channels: Outlier channels of keys/values split off at a higher bit width.
+        n_outlier_channels: Key outlier channels per head (0, or 2..head_dim-2) split off at
+            ``outlier_bits`` (the paper's outlier split).
         layer_bits: Per-layer bits, one entry per decoder layer: an int (keys and values) or a
             ``(key_bits, value_bits)`` pair; entries of non-attention layers are ignored.
         seed: Seed of the quantizers' random rotations (layer i uses ``seed + i``).
+        value_outlier_channels: Value outlier channels per head (0, or 2..head_dim-2).
+        outlier_bits: Bits of the outlier channels (default: one more than the side's bits).
 
     Raises:
         ValueError: For configs without attention layers, MLA configs (``kv_lora_rank``), chunked
@@ -680,6 +692,8 @@ class TurboQuantCache(Cache):
         n_outlier_channels: int = 0,
         layer_bits: Sequence[int | tuple[int, int]] | None = None,
         seed: int = 0,
+        value_outlier_channels: int = 0,
+        outlier_bits: int | None = None,
     ) -> None:
         register_turboquant_attention()
         if config is None:
@@ -700,6 +714,8 @@ class TurboQuantCache(Cache):
             raise ValueError(f"residual_length must be >= 0, got {residual_length}")
         self.residual_length = int(residual_length)
         self.n_outlier_channels = int(n_outlier_channels)
+        self.value_outlier_channels = int(value_outlier_channels)
+        self.outlier_bits = None if outlier_bits is None else _check_bits(outlier_bits, "outlier_bits")
         self.seed = int(seed)
         layers = self._build_layers(tc, layer_bits)
         super().__init__(layers=layers)
@@ -722,6 +738,8 @@ class TurboQuantCache(Cache):
             "value_bits": _check_bits(vb, f"layer_bits[{i}] (values)"),
             "residual_length": self.residual_length,
             "n_outlier_channels": self.n_outlier_channels,
+            "value_outlier_channels": self.value_outlier_channels,
+            "outlier_bits": self.outlier_bits,
             "seed": self.seed + i,
             "owner": self,
             "layer_idx": i,
@@ -742,6 +760,12 @@ class TurboQuantCache(Cache):
                 f"config {type(tc).__name__} has no attention layers ({err}): there is no KV cache to "
                 "quantize (SSM/RNN models such as Mamba or RWKV keep a state, not keys and values)"
             ) from err
+        for name, n in (
+            ("n_outlier_channels", self.n_outlier_channels),
+            ("value_outlier_channels", self.value_outlier_channels),
+        ):
+            if n != 0 and not 2 <= n <= head_dim - 2:
+                raise ValueError(f"{name} must be 0 or in 2..{head_dim - 2} (head_dim {head_dim}), got {n}")
         kinds, windows = layer_plan(tc)
         if not any(k in ATTENTION_KINDS or k.startswith("hybrid") for k in kinds):
             raise ValueError(
@@ -1271,6 +1295,8 @@ class TurboQuantDynamicCache(TurboQuantCache):
         self.bit_width = self.key_bit_width = self.value_bit_width = _check_bits(bit_width, "bit_width")
         self.residual_length = int(residual_length)
         self.n_outlier_channels = int(n_outlier_channels)
+        self.value_outlier_channels = int(kwargs.get("value_outlier_channels", 0))
+        self.outlier_bits = kwargs.get("outlier_bits")
         self.seed = int(kwargs.get("seed", 0))
         Cache.__init__(self, layer_class_to_replicate=_LazyLayerFactory(self))  # type: ignore[arg-type]
 
@@ -1358,6 +1384,8 @@ class _LazyLayerFactory:
             value_bits=c.value_bit_width,
             residual_length=c.residual_length,
             n_outlier_channels=c.n_outlier_channels,
+            value_outlier_channels=c.value_outlier_channels,
+            outlier_bits=c.outlier_bits,
             seed=c.seed + i,
             owner=c,
             layer_idx=i,

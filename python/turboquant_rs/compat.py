@@ -267,6 +267,7 @@ def compress_model_kv(
     key_bit_width: int | None = None,
     value_bit_width: int | None = None,
     seed: int = 0,
+    **cache_kwargs: Any,
 ) -> Any:
     """Compress a filled cache into a live `TurboQuantCache` that ``generate()`` continues from.
 
@@ -287,6 +288,8 @@ def compress_model_kv(
         key_bit_width: Bits for keys (default ``bit_width``).
         value_bit_width: Bits for values (default ``bit_width``).
         seed: Seed of the quantizers' random rotations.
+        **cache_kwargs: Other `TurboQuantCache` arguments (``value_outlier_channels``,
+            ``outlier_bits``, ``layer_bits``).
 
     Returns:
         A `TurboQuantCache` (or ``EncoderDecoderCache`` around one) holding the compressed KV.
@@ -312,6 +315,7 @@ def compress_model_kv(
         value_bit_width=value_bit_width,
         n_outlier_channels=n_outlier_channels,
         seed=seed,
+        **cache_kwargs,
     )
     src = getattr(past_key_values, "self_attention_cache", past_key_values)
     target = getattr(cache, "self_attention_cache", cache)

@@ -776,3 +776,49 @@ def test_outlier_split_reaches_the_store() -> None:
         TurboQuantCache(model.config, n_outlier_channels=15)
     with pytest.raises(ValueError, match="outlier_bits"):
         TurboQuantCache(model.config, n_outlier_channels=4, outlier_bits=9)
+
+
+def _padded_batch(short: int = 7, long: int = 11) -> dict[str, Any]:
+    a, b = prompt(length=short, seed=3)["input_ids"], prompt(length=long, seed=4)["input_ids"]
+    pad = long - short
+    ids = torch.cat([torch.cat([torch.zeros((1, pad), dtype=torch.long), a], 1), b])
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", ["gemma3", "mistral", "gemma2"])
+def test_sliding_families_padded_batch_and_beams(family: str) -> None:
+    model = tiny_model(family)
+    inputs = _padded_batch()
+    scored = {"output_scores": True, "return_dict_in_generate": True, "pad_token_id": 0}
+    ref = greedy(model, inputs, n=20, **scored)
+    out = greedy(
+        model, inputs, TurboQuantCache.from_model(model, bit_width=8, residual_length=0), n=20, **scored
+    )
+    assert_same_greedy(ref, out)
+    single = prompt(length=9)
+    ref_b = greedy(tiny_model(family), single, n=8, num_beams=2)
+    out_b = greedy(
+        model, single, TurboQuantCache.from_model(model, bit_width=8, residual_length=3), n=8, num_beams=2
+    )
+    assert torch.equal(ref_b, out_b)
+
+
+def test_gemma3_shaped_mqa_with_wide_heads() -> None:
+    # Gemma-3-270m's shape in small: one KV head (MQA), head_dim 256, 5 sliding : 1 full
+    torch.manual_seed(0)
+    cfg = T.Gemma3TextConfig(
+        **{**COMMON, "num_key_value_heads": 1},
+        num_hidden_layers=6,
+        head_dim=256,
+        sliding_window=8,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    )
+    model = T.Gemma3ForCausalLM(cfg).eval()
+    inputs = prompt(length=14)
+    scored = {"output_scores": True, "return_dict_in_generate": True}
+    ref = greedy(model, inputs, n=10, **scored)
+    cache = TurboQuantCache.from_model(model, bit_width=8, residual_length=0)
+    assert_same_greedy(ref, greedy(model, inputs, cache, n=10, **scored))
+    assert [type(x) for x in cache.layers] == [TurboQuantSlidingLayer] * 5 + [TurboQuantLayer]

@@ -184,10 +184,18 @@ def attn_smem(mod: Any, key: tuple[Any, ...], buffers: int = 1) -> int:
     return _SMEM[key][buffers - 1]
 
 
+_SM_COUNT: dict[int, int] = {}
+
+
 def sm_count() -> int:
-    """Multiprocessors of the current device."""
-    cp = cupy()
-    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+    """Multiprocessors of the current device (read once per device)."""
+    dev = _device_id()
+    n = _SM_COUNT.get(dev)
+    if n is None:
+        cp = cupy()
+        n = int(cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, dev))
+        _SM_COUNT[dev] = n
+    return n
 
 
 class DeviceTables:

@@ -432,7 +432,8 @@ def decode_attention(
                 elen = cp.ascontiguousarray(rt.as_cupy(extra_lengths, "extra_lengths"), dtype=cp.int32)
         tiles = max(1, (max_len + 127) // 128)
         if splits is None:
-            target = rt.sm_count() * 4
+            # many small splits: the last wave of blocks is a small fraction of the work
+            target = rt.sm_count() * 16
             splits = max(1, min(tiles, -(-target // (B * Hkv * nrg))))
         tps = -(-tiles // splits) * 128
         ns = max(1, -(-max_len // tps))
@@ -459,14 +460,15 @@ def decode_attention(
         if extra_keys is not None:
             assert qf is not None
             qraw = cp.ascontiguousarray(qf * np.float32(scaling)).reshape(-1)
-        fe = mod.get_function("tq_attn_extra")
-        _set_smem(fe, smem)
-        fe(
-            (1, Hkv * nrg, B),
-            (128,),
-            (qraw if extra_keys is not None else qr, ke, ve, clen, elen, *scal, part_acc, part_ml),
-            shared_mem=smem,
-        )
+        if extra_keys is not None:
+            fe = mod.get_function("tq_attn_extra")
+            _set_smem(fe, smem)
+            fe(
+                (1, Hkv * nrg, B),
+                (128,),
+                (qraw, ke, ve, clen, elen, *scal, part_acc, part_ml),
+                shared_mem=smem,
+            )
         odt = {"float32": cp.float32, "float16": cp.float16, "bfloat16": cp.uint16}[qi.dtype]
         out = cp.empty((B, Hq, Lq, D), dtype=odt)
         lse = cp.empty((B, Hq, Lq), dtype=cp.float32) if return_lse else None
@@ -478,7 +480,8 @@ def decode_attention(
             ((nrow + w - 1) // w,),
             (32 * w,),
             (part_acc, part_ml, np.int64(nrow), np.int32(ns), np.int32(Hq), np.int32(Hkv),
-             np.int32(Lq), _NULL if kv.value_mean is None else kv.value_mean, tab.signs,
+             np.int32(Lq), np.int32(extra_keys is not None),
+             _NULL if kv.value_mean is None else kv.value_mean, tab.signs,
              tab.perms, out, _NULL if lse is None else lse),
             shared_mem=rs,
         )  # fmt: skip

@@ -88,11 +88,12 @@ template <int E> __device__ __forceinline__ void fwht_reg(float* v) {
 template <int E, int L> __device__ __forceinline__ void fwht_shfl(float* v, int lane) {
 #pragma unroll
     for (int m = 1; m < L; m <<= 1) {
-        const bool upper = (lane & m) != 0;
+        // lower lane: v + o; upper lane: o - v, as one exactly rounded fma(±1, v, o)
+        const float sg = (lane & m) ? -1.0f : 1.0f;
 #pragma unroll
         for (int i = 0; i < E; ++i) {
             float o = __shfl_xor_sync(0xffffffffu, v[i], m);
-            v[i] = upper ? (o - v[i]) : (v[i] + o);
+            v[i] = fmaf(sg, v[i], o);
         }
     }
 }
@@ -385,7 +386,8 @@ extern "C" __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int r = 0; r < TQ_ROUNDS; ++r) {
 #pragma unroll
-            for (int k = 0; k < E; ++k) v[k] = ((sb[r] >> k) & 1u) ? -v[k] : v[k];
+            for (int k = 0; k < E; ++k)
+                v[k] = __uint_as_float(__float_as_uint(v[k]) ^ (((sb[r] >> k) & 1u) << 31));
             fwht_reg<E>(v);
             fwht_shfl<E, L>(v, lane);
 #pragma unroll
@@ -1295,7 +1297,7 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
 // One warp per query row. Traffic: (nsplit + 1) * (D + 2) floats read, D elements written.
 extern "C" __global__ void tq_attn_reduce(const float* __restrict__ part_acc,
                                           const float* __restrict__ part_ml, long long n_rows,
-                                          int nsplit, int Hq, int Hkv, int Lq,
+                                          int nsplit, int Hq, int Hkv, int Lq, int has_extra,
                                           const float* __restrict__ vmean,
                                           const float* __restrict__ signs,
                                           const int* __restrict__ perms, elem_t* __restrict__ out,
@@ -1309,7 +1311,8 @@ extern "C" __global__ void tq_attn_reduce(const float* __restrict__ part_acc,
     const int ns1 = nsplit + 1;
     const float* ml = part_ml + row * ns1 * 2;
     float M = -TQ_INF;
-    for (int k = lane; k < ns1; k += 32) M = fmaxf(M, ml[2 * k]);
+    const int nlook = has_extra ? ns1 : nsplit;  // slot nsplit is unwritten without a segment
+    for (int k = lane; k < nlook; k += 32) M = fmaxf(M, ml[2 * k]);
     M = warp_max(M);
     float Lc = 0.0f;
     for (int k = lane; k < nsplit; k += 32) {
@@ -1317,9 +1320,9 @@ extern "C" __global__ void tq_attn_reduce(const float* __restrict__ part_acc,
         if (m != -TQ_INF) Lc += expf(m - M) * ml[2 * k + 1];
     }
     Lc = warp_sum(Lc);
-    const float me = ml[2 * nsplit];
+    const float me = has_extra ? ml[2 * nsplit] : -TQ_INF;
     const float we = (me == -TQ_INF) ? 0.0f : expf(me - M);
-    const float Le = we * ml[2 * nsplit + 1];
+    const float Le = we != 0.0f ? we * ml[2 * nsplit + 1] : 0.0f;
     const float* pa = part_acc + row * ns1 * TQ_D;
     for (int d = lane; d < TQ_D; d += 32) {
         float a = 0.0f;

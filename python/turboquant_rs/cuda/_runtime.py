@@ -193,7 +193,8 @@ def sm_count() -> int:
     n = _SM_COUNT.get(dev)
     if n is None:
         cp = cupy()
-        n = int(cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, dev))
+        attr = getattr(cp.cuda.runtime, "cudaDevAttrMultiProcessorCount", 16)  # 16 in the CUDA API
+        n = int(cp.cuda.runtime.deviceGetAttribute(attr, dev))
         _SM_COUNT[dev] = n
     return n
 

@@ -362,7 +362,8 @@ def decode_attention(
     stored tokens per sequence; ``softcap > 0`` applies ``cap·tanh(z/cap)`` to the logits.
     ``impl``: ``"tc"`` (tensor cores, mma.sync with hi/lo split operands; needs
     ``head_dim % 16 == 0``), ``"tc2"`` (the same with double-buffered tiles), ``"simt"`` (f32
-    FMAs) or ``"auto"`` (tc2 when it applies, else simt).
+    FMAs) or ``"auto"`` (tc for caches under about 2M tokens over batch and KV heads, else simt,
+    as measured on an H100).
     Returns the output (query dtype) and, with ``return_lse``, the log-sum-exp (float32)."""
     cp = rt.cupy()
     qi = _inp(query, "query")
@@ -386,7 +387,10 @@ def decode_attention(
     if impl not in ("auto", "tc", "tc2", "simt"):
         raise ValueError("impl must be 'auto', 'tc', 'tc2' or 'simt'")
     if impl == "auto":
-        impl = "tc2" if D % 16 == 0 else "simt"
+        # measured on an H100 (benches/GPU_RESULTS_DRAFT.md): tensor cores win on short caches,
+        # the f32-FMA kernel from B*Hkv*S of about 2M tokens on
+        big = kv.batch * kv.kv_heads * kv.max_length >= 2 * 1024 * 1024
+        impl = "tc" if (D % 16 == 0 and not big) else "simt"
     if impl != "simt" and D % 16:
         raise ValueError("the tensor-core kernels need head_dim % 16 == 0")
     smem = rt.attn_smem(mod, key)

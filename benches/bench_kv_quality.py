@@ -479,7 +479,7 @@ def part_decode(model: Any, tok: Any, args: Any) -> None:
     """CPU time per decoded token at 2k and 8k context, every cache loaded from one prefill."""
     from transformers import DynamicCache
 
-    contexts = [512] if args.quick else [2048, 8000]
+    contexts = [512] if args.quick else [int(c) for c in args.contexts.split(",")]
     steps = 4 if args.quick else 16
     ids = kv_data.canterbury_ids()
     specs = [
@@ -508,6 +508,8 @@ def part_decode(model: Any, tok: Any, args: Any) -> None:
         first = int(out.logits[0, -1].argmax())
         base = None
         for s in specs:
+            if args.filter and s.kind != "dynamic" and not any(f in s.name for f in args.filter.split("|")):
+                continue
             times = []
             for _rep in range(2):
                 cache = load_prefix(s, model, tok, prefix)
@@ -668,7 +670,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small settings, to time the parts")
     ap.add_argument("--only", default="ppl,residual,greedy,passkey,decode,memory,layers")
-    ap.add_argument("--filter", default="", help="ppl/residual: only caches whose name contains one of a|b|c")
+    ap.add_argument(
+        "--filter", default="", help="ppl/residual/decode: only caches whose name has one of a|b|c"
+    )
+    ap.add_argument("--contexts", default="2048,8000", help="decode: context lengths")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:

@@ -1,18 +1,47 @@
 """turboquant-rs: TurboQuant vector quantization with a Rust SIMD core.
 
 Same API names as turboquant-torch, with real packed storage. numpy is the only hard
-dependency; torch tensors (CPU) are accepted and returned when passed.
+dependency; torch tensors (CPU) are accepted and returned when passed. The transformers
+integration (`TurboQuantCache` and friends) is imported on first use of its names, so importing
+this package never imports torch or transformers.
 """
 
-from . import _native
+from typing import Any
+
+from . import _native, compat
 from ._native import num_threads, set_num_threads, simd_level
+from .adaptive import AdaptiveKVCache, calibration_allocation, gradient_allocation, uniform_allocation
 from .codebook import Codebook, LloydMaxCodebook, codebook_distortion, get_codebook
+from .compat import ModelKVInfo, compress_model_kv, detect_model_kv_info, extract_kv
 from .core import MSEQuantizedOutput, TurboQuant, TurboQuantMSE, TurboQuantOutput
 from .hadamard import RandomizedHadamardTransform, fwht
+from .kv_cache import CompressedKV, KVLayerStore, TurboQuantKVCache, packed_attention
 from .qjl import QJL, QJLOutput, pack_bits, unpack_bits
 from .vector_search import TurboQuantIndex
 
 __version__ = _native.__version__
+
+#: Names served by `turboquant_rs.hf_cache` (imports torch and transformers on first use).
+_HF_NAMES = frozenset(
+    {
+        "TurboQuantCache",
+        "TurboQuantDynamicCache",
+        "TurboQuantWrapper",
+        "wrap",
+        "register_turboquant_attention",
+        "enable_turboquant_attention",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the transformers integration's names."""
+    if name in _HF_NAMES:
+        from . import hf_cache
+
+        return getattr(hf_cache, name)
+    raise AttributeError(f"module 'turboquant_rs' has no attribute {name!r}")
+
 
 __all__ = [
     "TurboQuant",
@@ -33,4 +62,18 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "simd_level",
+    "TurboQuantKVCache",
+    "CompressedKV",
+    "KVLayerStore",
+    "packed_attention",
+    "AdaptiveKVCache",
+    "calibration_allocation",
+    "gradient_allocation",
+    "uniform_allocation",
+    "compat",
+    "ModelKVInfo",
+    "compress_model_kv",
+    "detect_model_kv_info",
+    "extract_kv",
+    *sorted(_HF_NAMES),
 ]

@@ -9,6 +9,7 @@ mod args;
 mod arrays;
 mod errors;
 mod index;
+mod kv;
 mod quantizer;
 
 use args::{Bits, Dim};
@@ -126,6 +127,7 @@ fn simd_level() -> &'static str {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<quantizer::PyQuantizer>()?;
     m.add_class::<index::PyIndex>()?;
+    m.add_class::<kv::PyKvStore>()?;
     m.add_function(wrap_pyfunction!(quantizer::batch_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(codebook, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;

@@ -224,6 +224,10 @@ pub fn batch_from_bytes(data: &[u8]) -> Result<(Quantizer, QuantizedBatch)> {
     let qjl_signs = r.bytes(n.checked_mul(sb).ok_or_else(overflow)?)?.to_vec();
     let residual_norms = r.f32s(if prod { n } else { 0 })?;
     r.finish()?;
+    if scales.iter().chain(&residual_norms).any(|v| !v.is_finite()) {
+        // quantize never stores these: a NaN or Inf here would poison every decoded value
+        return Err(Error::Corrupt("non-finite scale or residual norm".into()));
+    }
     let q = h.build()?;
     let codes = match codes {
         Codes::Raw(c) => c.to_vec(),

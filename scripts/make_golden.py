@@ -103,7 +103,8 @@ def main() -> None:
         "{",
         '"version": 1,',
         '"formula": "x[k] for k = i*dim + j: z = ((case*1000003 + k + 1) * 0x9E3779B97F4A7C15) mod 2^64; '
-        'z ^= z >> 31; x = ((z >> 40) mod 2001 - 1000) / 256 (float32); hashes are sha256 of little-endian bytes",',
+        "z ^= z >> 31; x = ((z >> 40) mod 2001 - 1000) / 256 (float32); "
+        'hashes are sha256 of little-endian bytes",',
         '"quantizers": [',
         ",\n".join(json.dumps(r) for r in quantizers),
         "],",

@@ -153,9 +153,11 @@ def test_tiny_and_huge_norms_quantize_like_unit_vectors(
     ref = q.quantize(x)
     scaled = (x.astype(np.float64) * factor).astype(np.float32)
     out = q.quantize(scaled)
-    np.testing.assert_array_equal(out.codes, q.quantize(x).codes)
+    # below 1e-38 the inputs are subnormal: a coordinate next to a boundary may change cells
+    allowed = 0 if factor > 1e-37 else out.codes.size // 50
+    assert np.count_nonzero(out.codes != ref.codes) <= allowed
     # below 1e-38 the inputs themselves are subnormal floats with fewer significant bits
-    np.testing.assert_allclose(out.scales / factor, ref.scales, rtol=1e-5 if factor > 1e-37 else 1e-3)
+    np.testing.assert_allclose(out.scales / factor, ref.scales, rtol=1e-5 if factor > 1e-37 else 1e-2)
     back = q.dequantize(out).astype(np.float64) / factor
     err = np.sum((back - x) ** 2, axis=1).mean()
     assert 0.002 < err < 0.03, err

@@ -55,7 +55,9 @@ def as_rows(x: Any, dim: int, name: str = "x") -> tuple[np.ndarray, tuple[int, .
         raise TurboQuantError(f"{name} is empty (shape {tuple(arr.shape)})")
     lead = tuple(arr.shape[:-1])
     # C-contiguous *and* aligned float32 (an unaligned view, e.g. from a byte buffer, is copied)
-    rows = np.require(arr.reshape(-1, dim), dtype=np.float32, requirements=["C", "A"])
+    rows = np.ascontiguousarray(arr.reshape(-1, dim), dtype=np.float32)
+    if not rows.flags.aligned:
+        rows = rows.copy()
     return rows, lead, kind
 
 

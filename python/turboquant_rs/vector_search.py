@@ -36,7 +36,8 @@ def _as_id_array(ids: Any, name: str) -> np.ndarray:
         raise TurboQuantError(f"{name} must be non-negative")
     if int(arr.max()) > _INT64_MAX:
         raise TurboQuantError(f"{name} must be at most 2**63 - 1, got {int(arr.max())}")
-    return np.require(arr, dtype=np.int64, requirements=["C", "A"])
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    return out if out.flags.aligned else out.copy()
 
 
 class TurboQuantIndex:

@@ -124,6 +124,26 @@ def test_forked_child_quantizes_after_the_parent_used_the_pool() -> None:
             os._exit(0 if int(q.quantize(x).codes.sum()) == want else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        # forks while other threads are busy in the library (locks may be held at the fork)
+        import threading
+        stop = threading.Event()
+        def busy():
+            while not stop.is_set():
+                ix.search(x[:8], k=3); q.quantize(x[:256]); tq.num_threads()
+        workers = [threading.Thread(target=busy) for _ in range(3)]
+        for w in workers:
+            w.start()
+        small = x[:2000]
+        want_small = int(q.quantize(small).codes.sum())
+        for _ in range(15):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if int(q.quantize(small).codes.sum()) == want_small else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        stop.set()
+        for w in workers:
+            w.join()
         tq.set_num_threads(3)
         pid = os.fork()
         if pid == 0:

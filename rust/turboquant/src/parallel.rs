@@ -11,12 +11,15 @@
 //! (a forked child) never touches the inherited pool: it is abandoned (leaked, since dropping
 //! it would signal threads that are not there) and a fresh pool of the same size is started
 //! on first use. [`after_fork_in_child`] does the same eagerly (the Python package registers
-//! it with `os.register_at_fork`).
+//! it with `os.register_at_fork`). A child never blocks on the pool's lock (it may have been
+//! held by another thread at the moment of the fork): if it cannot take it, the call runs on
+//! a pool of its own. (huggingface/tokenizers instead turns parallelism off in a forked child;
+//! here the child keeps its thread count.)
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, TryLockError};
 
 /// The pool and the process it was started in.
 struct Pool {
@@ -25,6 +28,10 @@ struct Pool {
 }
 
 static POOL: RwLock<Option<Pool>> = RwLock::new(None);
+/// The process id of the pool in `POOL` (0: none yet), readable without the lock: a forked
+/// child must not block on `POOL`, whose state it inherits (held, if another thread of the
+/// parent held it at the moment of the fork).
+static POOL_PID: AtomicU32 = AtomicU32::new(0);
 /// Threads requested by [`set_num_threads`] (0: rayon's default).
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -41,13 +48,20 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
 pub fn set_num_threads(n: usize) -> Result<()> {
     let pool = build(n)?;
     REQUESTED.store(n, Ordering::Relaxed);
-    let old = POOL
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .replace(Pool {
-            pool,
-            pid: std::process::id(),
-        });
+    let pid = std::process::id();
+    let mut guard = if POOL_PID.load(Ordering::Acquire) == pid {
+        POOL.write().unwrap_or_else(|e| e.into_inner())
+    } else {
+        match POOL.try_write() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // a forked child whose lock was inherited held: the new setting applies to the
+            // pools started per call (see `current`)
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        }
+    };
+    let old = guard.replace(Pool { pool, pid });
+    POOL_PID.store(pid, Ordering::Release);
     abandon_if_inherited(old);
     Ok(())
 }
@@ -68,12 +82,17 @@ fn abandon_if_inherited(old: Option<Pool>) {
 }
 
 /// Forgets a pool inherited through `fork` now, so the next parallel call starts a fresh one.
-/// Safe to call at any time (a pool of this process is kept).
+/// Safe to call at any time (a pool of this process is kept); never blocks.
 pub fn after_fork_in_child() {
     let pid = std::process::id();
-    let mut guard = POOL.write().unwrap_or_else(|e| e.into_inner());
-    if guard.as_ref().is_some_and(|p| p.pid != pid) {
-        abandon_if_inherited(guard.take());
+    if POOL_PID.load(Ordering::Acquire) == pid {
+        return;
+    }
+    if let Ok(mut guard) = POOL.try_write() {
+        if guard.as_ref().is_some_and(|p| p.pid != pid) {
+            abandon_if_inherited(guard.take());
+            POOL_PID.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -81,23 +100,34 @@ pub fn after_fork_in_child() {
 /// thread can be started, in which case work runs on the calling thread.
 fn current() -> Option<Arc<ThreadPool>> {
     let pid = std::process::id();
-    {
+    if POOL_PID.load(Ordering::Acquire) == pid {
         let guard = POOL.read().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = guard.as_ref().filter(|p| p.pid == pid) {
             return Some(Arc::clone(&p.pool));
         }
     }
-    let mut guard = POOL.write().unwrap_or_else(|e| e.into_inner());
+    // First use in this process (or in a forked child): never block on the lock here.
+    let fresh = || {
+        build(REQUESTED.load(Ordering::Relaxed))
+            .or_else(|_| build(1))
+            .ok()
+    };
+    let mut guard = match POOL.try_write() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        // another thread is starting the pool, or (after a fork) the lock was inherited held:
+        // this call gets a pool of its own
+        Err(TryLockError::WouldBlock) => return fresh(),
+    };
     if let Some(p) = guard.as_ref().filter(|p| p.pid == pid) {
         return Some(Arc::clone(&p.pool));
     }
-    let pool = build(REQUESTED.load(Ordering::Relaxed))
-        .or_else(|_| build(1))
-        .ok()?;
+    let pool = fresh()?;
     let old = guard.replace(Pool {
         pool: Arc::clone(&pool),
         pid,
     });
+    POOL_PID.store(pid, Ordering::Release);
     abandon_if_inherited(old);
     Some(pool)
 }

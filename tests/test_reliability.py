@@ -200,6 +200,14 @@ def test_cosine_index_of_tiny_and_huge_vectors(rng: np.random.Generator, factor:
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=0.05)
 
 
+def test_rerank_refuses_values_fp16_cannot_hold() -> None:
+    index = tq.TurboQuantIndex(16, rerank=True)
+    with pytest.raises(TurboQuantError, match="fp16"):
+        index.add(np.full((2, 16), 1e5, np.float32))
+    assert len(index) == 0
+    index.add(np.full((2, 16), 6e4, np.float32))
+
+
 def test_outputs_carry_their_seed_and_parameters(rng: np.random.Generator) -> None:
     x = rng.standard_normal((8, 64)).astype(np.float32)
     out = tq.TurboQuant(64, 4, seed=0).quantize(x)

@@ -329,6 +329,15 @@ impl Index {
         if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("vectors hold {bad}")));
         }
+        if self.rerank {
+            if let Some(big) = x.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+                // the fp16 original would be ±inf and every re-ranked score NaN or ±inf
+                return Err(Error::InvalidParameter(format!(
+                    "rerank keeps fp16 originals, which cannot hold {big} (|x| ≤ 65504): \
+                     scale the vectors or use rerank=false"
+                )));
+            }
+        }
         let first = self.ids.slots();
         if u32::try_from(first + n).is_err() {
             return Err(Error::InvalidParameter(

@@ -232,6 +232,18 @@ def test_outputs_carry_their_seed_and_parameters(rng: np.random.Generator) -> No
         tq.TurboQuant(64, 4).dequantize(back)
 
 
+def test_qjl_sketches_carry_their_parameters(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    sketch = tq.QJL(32, seed=1).quantize(x * 1e-25)
+    assert np.all(sketch.norms > 0)  # the norm of a tiny vector is not flushed to zero
+    for other in (tq.QJL(32, seed=2), tq.QJL(32, 64, seed=1), tq.QJL(32, seed=1, proj_type="gaussian")):
+        with pytest.raises(TurboQuantError, match="sketch was made"):
+            other.estimate_inner_product(x, sketch)
+        with pytest.raises(TurboQuantError, match="sketch was made"):
+            other.dequantize_for_dot(sketch)
+    assert tq.QJL(32, seed=1).estimate_inner_product(x, sketch).shape == (4, 4)
+
+
 def test_concurrent_saves_to_one_path(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "ix.tq"
     indexes = []

@@ -71,6 +71,8 @@ class QJLOutput:
     norms: np.ndarray
     shape: tuple[int, ...] = ()
     kind: str = "numpy"
+    #: (input_dim, proj_dim, seed, proj_type) of the sketch that made it; checked on use
+    params: tuple[int, int, int, str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -120,9 +122,18 @@ class QJL:
         rows, lead, kind = as_rows(x, self.input_dim)
         z = self._project(rows)
         signs = _native.pack(np.ascontiguousarray((z >= 0).astype(np.uint8)), 1)
-        return QJLOutput(signs, np.linalg.norm(rows, axis=1).astype(np.float32), lead, kind)
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1).astype(np.float32)
+        return QJLOutput(signs, norms, lead, kind, self._params())
+
+    def _params(self) -> tuple[int, int, int, str]:
+        return self.input_dim, self.proj_dim, self.seed, self.proj_type
 
     def _signs(self, output: QJLOutput) -> np.ndarray:
+        if output.params is not None and output.params != self._params():
+            raise TurboQuantError(
+                f"sketch was made with (input_dim, proj_dim, seed, proj_type) = {output.params}, "
+                f"this QJL has {self._params()}"
+            )
         bits = _native.unpack(np.ascontiguousarray(output.sign_bits), self.proj_dim, 1)
         return bits.astype(np.float32) * 2.0 - 1.0
 

@@ -482,6 +482,25 @@ impl Index {
         } else {
             params
         };
+        // Results and candidate heaps are sized by nq × k: refuse what cannot be allocated
+        // (an error, where an allocation failure would abort the process).
+        let k = params.k;
+        let keep = k
+            .saturating_mul(RERANK_FACTOR.max(REFINE_FACTOR))
+            .min(self.ids.slots());
+        let need = nq.saturating_mul(k).saturating_mul(12).saturating_add(
+            nq.saturating_mul(keep)
+                .saturating_mul(2 * std::mem::size_of::<Hit>()),
+        );
+        if need > 1 << 30 {
+            let mut probe: Vec<u8> = Vec::new();
+            probe.try_reserve_exact(need).map_err(|_| {
+                Error::InvalidParameter(format!(
+                    "{nq} queries with k = {k} need {need} bytes of results and candidates, \
+                     more than can be allocated: search fewer queries at a time or a smaller k"
+                ))
+            })?;
+        }
         // A hand-off to the pool costs tens of microseconds: small searches (and a one-thread
         // setting) run on the calling thread; fewer than two queries per thread (and at most
         // one kernel pass: 8 int8 or 6 table queries) are scanned by the calling thread and

@@ -10,4 +10,4 @@ secs="${1:-30}"
 seed="${2:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
 echo "fuzzing each decoder for ${secs}s, FUZZ_SEED=${seed}"
 FUZZ_SECONDS="$secs" FUZZ_SEED="$seed" nice -n 10 \
-    cargo test -p turboquant --release --test fuzz_decoders -- --test-threads=2
+    cargo test -p turboquant --release --test fuzz_decoders -- --test-threads=2 --nocapture

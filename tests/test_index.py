@@ -199,7 +199,7 @@ def test_bad_input_raises(data: np.ndarray) -> None:
     with pytest.raises(ValueError):
         index.search(np.zeros((0, 64), np.float32))
     scores, ids = index.search(data[0], k=2)  # empty index: no results, not an error
-    assert list(ids) == [-1, -1] and np.all(np.isneginf(scores))
+    assert ids.shape == scores.shape == (0,)  # k is capped by the live vectors
 
 
 def test_concurrent_searches_agree(data: np.ndarray) -> None:

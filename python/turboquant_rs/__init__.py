@@ -4,12 +4,18 @@ Same API names as turboquant-torch, with real packed storage. numpy is the only 
 dependency; torch tensors (CPU) are accepted and returned when passed. The transformers
 integration (`TurboQuantCache` and friends) is imported on first use of its names, so importing
 this package never imports torch or transformers.
+
+Errors: bad input raises :class:`TurboQuantError` (a ``ValueError``); truncated, damaged or
+unknown files and bytes raise its subclass :class:`CorruptFileError`; failed file I/O raises
+``OSError``. The library is fork-safe: a forked child (``multiprocessing`` "fork", DataLoader
+workers) starts its own thread pool instead of waiting on the parent's.
 """
 
+import os as _os
 from typing import Any
 
 from . import _native, compat
-from ._native import num_threads, set_num_threads, simd_level
+from ._native import CorruptFileError, TurboQuantError, num_threads, set_num_threads, simd_level
 from .adaptive import AdaptiveKVCache, calibration_allocation, gradient_allocation, uniform_allocation
 from .codebook import Codebook, LloydMaxCodebook, codebook_distortion, get_codebook
 from .compat import ModelKVInfo, compress_model_kv, detect_model_kv_info, extract_kv
@@ -43,6 +49,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'turboquant_rs' has no attribute {name!r}")
 
 
+if hasattr(_os, "register_at_fork"):
+    # The Rust side also notices a new process id by itself; this drops the parent's pool eagerly.
+    _os.register_at_fork(after_in_child=_native._after_fork_in_child)
+
 __all__ = [
     "TurboQuant",
     "TurboQuantOutput",
@@ -62,6 +72,8 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "simd_level",
+    "TurboQuantError",
+    "CorruptFileError",
     "TurboQuantKVCache",
     "CompressedKV",
     "KVLayerStore",

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ._native import TurboQuantError
+
 NUMPY = "numpy"
 TORCH = "torch"
 
@@ -29,7 +31,7 @@ def kind_of(x: Any) -> str:
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     if is_torch(x):
         if x.device.type != "cpu":
-            raise ValueError(
+            raise TurboQuantError(
                 f"{name} is on {x.device}; the CPU engine takes CPU tensors (move it with .cpu())"
             )
         x = x.detach()
@@ -48,12 +50,26 @@ def as_rows(x: Any, dim: int, name: str = "x") -> tuple[np.ndarray, tuple[int, .
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must be float16, float32 or float64, got dtype {arr.dtype}")
     if arr.ndim == 0 or arr.shape[-1] != dim:
-        raise ValueError(f"{name} must have shape (..., {dim}), got {tuple(arr.shape)}")
+        raise TurboQuantError(f"{name} must have shape (..., {dim}), got {tuple(arr.shape)}")
     if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)})")
+        raise TurboQuantError(f"{name} is empty (shape {tuple(arr.shape)})")
     lead = tuple(arr.shape[:-1])
+    # C-contiguous *and* aligned float32 (an unaligned view, e.g. from a byte buffer, is copied)
     rows = np.ascontiguousarray(arr.reshape(-1, dim), dtype=np.float32)
+    if not rows.flags.aligned:
+        rows = rows.copy()
     return rows, lead, kind
+
+
+def as_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..=hi``: Python or numpy integers only (not bool, not 2.5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TurboQuantError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise TurboQuantError(f"{name} must be an integer in {bound}, got {v}")
+    return v
 
 
 def to_kind(arr: np.ndarray, kind: str) -> Any:

@@ -74,6 +74,12 @@ def set_num_threads(n: int) -> None: ...
 def num_threads() -> int: ...
 def simd_level() -> str: ...
 
+class TurboQuantError(ValueError):
+    """Base class of the errors turboquant_rs raises for bad input (a subclass of ValueError)."""
+
+class CorruptFileError(TurboQuantError):
+    """Serialized bytes or a file are truncated, damaged, of an unknown format or version."""
+
 class Index:
     """Flat TurboQuant index over packed codes (fast-scan lookup tables, exact top-k)."""
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _native
 from ._convert import kind_of, to_kind
+from ._native import TurboQuantError
 
 
 class Codebook(NamedTuple):
@@ -60,8 +61,13 @@ class LloydMaxCodebook:
     def dequantize(self, codes: Any) -> Any:
         """Centroid values of ``codes``."""
         kind = kind_of(codes)
-        arr = np.asarray(codes.cpu().numpy() if kind == "torch" else codes).astype(np.intp)
-        return to_kind(self._centroids[arr], kind)
+        arr = np.asarray(codes.cpu().numpy() if kind == "torch" else codes)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+        top = len(self._centroids) - 1
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > top):
+            raise TurboQuantError(f"codes must be in 0..{top} for {self.bit_width} bits")
+        return to_kind(self._centroids[arr.astype(np.intp)], kind)
 
     def to(self, device: Any) -> LloydMaxCodebook:
         """Seed compatibility: codebooks live on the host; returns self."""

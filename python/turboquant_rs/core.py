@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import as_rows, to_kind
+from ._convert import as_int, as_rows, to_kind
+from ._native import TurboQuantError
 
 #: Stored-scale rules: "lsq" (default, lowest MSE), "norm" (the paper's ‖x‖), "proj" (exact ⟨x̂, x⟩).
 SCALES = ("lsq", "norm", "proj")
@@ -29,7 +30,14 @@ class QJLOutput:
 
 @dataclass(frozen=True)
 class TurboQuantOutput:
-    """Packed result of :meth:`TurboQuant.quantize` for vectors of leading shape ``shape``."""
+    """Packed result of :meth:`TurboQuant.quantize` for vectors of leading shape ``shape``.
+
+    It carries everything that defines its bytes (``dim``, ``bit_width``, ``unbiased``,
+    ``scale`` and the rotation ``seed``): a quantizer whose parameters differ refuses it in
+    ``dequantize``, ``compute_inner_product`` and ``save_output`` (``TurboQuantError``)
+    instead of decoding it with the wrong rotation. ``None`` (hand-built outputs) is not
+    checked.
+    """
 
     codes: np.ndarray
     scales: np.ndarray
@@ -39,6 +47,9 @@ class TurboQuantOutput:
     dim: int
     shape: tuple[int, ...]
     kind: str
+    seed: int | None = None
+    unbiased: bool | None = None
+    scale: str | None = None
 
     @property
     def n(self) -> int:
@@ -103,16 +114,12 @@ class TurboQuant:
     def __init__(
         self, dim: int, bit_width: int = 3, unbiased: bool = False, seed: int = 0, *, scale: str = "lsq"
     ):
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 2 <= dim <= 1 << 24:
-            raise ValueError(f"dim must be an integer in 2..{1 << 24}, got {dim!r}")
-        if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not 1 <= bit_width <= 8:
-            raise ValueError(f"bit_width must be an integer in 1..8, got {bit_width!r}")
-        self.dim = int(dim)
-        self.bit_width = int(bit_width)
+        self.dim = as_int(dim, "dim", 2, 1 << 24)
+        self.bit_width = as_int(bit_width, "bit_width", 1, 8)
         self.unbiased = bool(unbiased)
-        self.seed = int(seed)
+        self.seed = as_int(seed, "seed", 0, (1 << 64) - 1)
         self._q = _native.Quantizer(self.dim, self.bit_width, self.unbiased, scale, self.seed)
-        self.scale = scale
+        self.scale: str = self._q.scale
 
     @property
     def bytes_per_vector(self) -> int:
@@ -123,15 +130,26 @@ class TurboQuant:
         """Quantizes ``x`` of shape (..., dim): numpy float16/32/64 or a CPU torch tensor."""
         rows, lead, kind = as_rows(x, self.dim)
         codes, scales, signs, rnorms = self._q.quantize(rows)
-        return TurboQuantOutput(codes, scales, signs, rnorms, self.bit_width, self.dim, lead, kind)
+        return TurboQuantOutput(
+            codes, scales, signs, rnorms, self.bit_width, self.dim, lead, kind, *self._params()
+        )
+
+    def _params(self) -> tuple[int, bool, str]:
+        """(seed, unbiased, scale): with dim and bit_width, what defines an output's bytes."""
+        return self.seed, self.unbiased, self.scale
 
     def _check(self, out: TurboQuantOutput) -> None:
         if not isinstance(out, TurboQuantOutput):
             raise TypeError(f"expected a TurboQuantOutput, got {type(out).__name__}")
-        if out.dim != self.dim or out.bit_width != self.bit_width:
-            raise ValueError(
-                f"output is for dim={out.dim}, bit_width={out.bit_width}; this quantizer has "
-                f"dim={self.dim}, bit_width={self.bit_width}"
+        mine = {"dim": self.dim, "bit_width": self.bit_width}
+        mine.update(zip(("seed", "unbiased", "scale"), self._params(), strict=True))
+        theirs = {name: getattr(out, name) for name in mine}
+        bad = [n for n, v in theirs.items() if v is not None and v != mine[n]]
+        if bad:
+            fmt = ", ".join
+            raise TurboQuantError(
+                f"output is for {fmt(f'{n}={theirs[n]!r}' for n in mine)}; this quantizer has "
+                f"{fmt(f'{n}={v!r}' for n, v in mine.items())} (differs in {fmt(bad)})"
             )
 
     def dequantize(self, output: TurboQuantOutput) -> Any:
@@ -177,7 +195,9 @@ class TurboQuant:
         """Inverse of :meth:`save_output`: the quantizer and its output (as numpy, flat)."""
         q, (codes, scales, signs, rnorms) = _native.batch_from_bytes(data)
         tq = TurboQuant(q.dim, q.bits, q.unbiased, q.seed, scale=q.scale)
-        out = TurboQuantOutput(codes, scales, signs, rnorms, q.bits, q.dim, (int(scales.shape[0]),), "numpy")
+        out = TurboQuantOutput(
+            codes, scales, signs, rnorms, q.bits, q.dim, (int(scales.shape[0]),), "numpy", *tq._params()
+        )
         return tq, out
 
     def to(self, device: Any) -> TurboQuant:

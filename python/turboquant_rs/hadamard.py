@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _native
-from ._convert import as_rows, to_kind
+from ._convert import as_rows, is_torch, to_kind
+from ._native import TurboQuantError
 
 
 def fwht(x: Any, normalize: bool = True) -> Any:
     """Fast Walsh-Hadamard transform over the last axis (length a power of two)."""
-    d = x.shape[-1]
-    rows, lead, kind = as_rows(x, d)
+    arr = x if is_torch(x) else np.asarray(x)
+    if arr.ndim == 0:
+        raise TurboQuantError("fwht needs at least one dimension, got a 0-d array")
+    d = int(arr.shape[-1])
+    rows, lead, kind = as_rows(arr, d)
     out = _native.fwht(rows, normalize).reshape(*lead, d)
     return to_kind(out, kind)
 

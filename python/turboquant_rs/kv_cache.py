@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _native
 from ._convert import is_torch, kind_of, to_kind
+from ._native import TurboQuantError
 
 #: Bytes per coordinate of the fp16 baseline that memory ratios are measured against.
 FP16_BYTES = 2
@@ -31,7 +32,7 @@ def _float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     """``x`` as a C-contiguous float32 numpy array of rank ``ndim`` (a view when possible)."""
     if is_torch(x):
         if x.device.type != "cpu":
-            raise ValueError(f"{name} is on {x.device}; the CPU engine takes CPU tensors")
+            raise TurboQuantError(f"{name} is on {x.device}; the CPU engine takes CPU tensors")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
         x = x.detach()
@@ -43,13 +44,13 @@ def _float_array(x: Any, name: str, ndim: int) -> np.ndarray:
         if arr.dtype.kind != "f":
             raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(arr.shape)}")
+        raise TurboQuantError(f"{name} must have {ndim} dimensions, got shape {tuple(arr.shape)}")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def _bits(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= 8:
-        raise ValueError(f"{name} must be an integer in 1..8, got {value!r}")
+        raise TurboQuantError(f"{name} must be an integer in 1..8, got {value!r}")
     return int(value)
 
 
@@ -92,9 +93,9 @@ class KVLayerStore:
         ob = None if outlier_bits is None else _bits(outlier_bits, "outlier_bits")
         for name, v in (("head_dim", head_dim), ("num_kv_heads", num_kv_heads)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise TurboQuantError(f"{name} must be a positive integer, got {v!r}")
         if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, (int, np.integer)) or sink_tokens < 0:
-            raise ValueError(f"sink_tokens must be a non-negative integer, got {sink_tokens!r}")
+            raise TurboQuantError(f"sink_tokens must be a non-negative integer, got {sink_tokens!r}")
         self._native = _native.KvStore(
             int(head_dim),
             int(num_kv_heads),
@@ -160,12 +161,12 @@ class KVLayerStore:
             return
         want = (self.batch_size or k.shape[0], self.num_kv_heads, self.head_dim)
         if k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != want:
-            raise ValueError(
+            raise TurboQuantError(
                 f"keys {k.shape} and values {v.shape} must both be "
                 f"(batch={want[0]}, {want[1]}, tokens, {want[2]})"
             )
         if not (np.isfinite(k).all() and np.isfinite(v).all()):
-            raise ValueError("keys and values must be finite (NaN or Inf found)")
+            raise TurboQuantError("keys and values must be finite (NaN or Inf found)")
         take = min(need, k.shape[2])
         if k.shape[2] > take:  # the codes part first: if it refuses, nothing has changed
             self._native.append(np.ascontiguousarray(k[:, :, take:]), np.ascontiguousarray(v[:, :, take:]))
@@ -192,9 +193,9 @@ class KVLayerStore:
         if s == 0:
             return self._native.attend(q, lo_a, hi_a, float(scaling), sc)
         if q.shape[0] != self.batch_size:
-            raise ValueError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
+            raise TurboQuantError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
         if np.any(lo_a < 0) or np.any(hi_a > self.seq_len):
-            raise ValueError(f"token ranges must lie in [0, {self.seq_len}]")
+            raise TurboQuantError(f"token ranges must lie in [0, {self.seq_len}]")
         pos = np.arange(s)
         allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
         out, lse = _exact_part(q, self._sink_k, self._sink_v, allowed, float(scaling), sc)  # type: ignore[arg-type]
@@ -218,7 +219,7 @@ class KVLayerStore:
         """Keeps the first ``n`` tokens of every stream."""
         n = int(n)
         if n < 0:
-            raise ValueError(f"cannot truncate to {n} tokens")
+            raise TurboQuantError(f"cannot truncate to {n} tokens")
         s = self._sink_len
         if n < s:
             self._sink_k, self._sink_v = self._sink_k[:, :, :n].copy(), self._sink_v[:, :, :n].copy()  # type: ignore[index]
@@ -229,7 +230,7 @@ class KVLayerStore:
         idx = indices.detach().cpu().numpy() if is_torch(indices) else np.asarray(indices)
         idx = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
         if self._sink_k is not None and (np.any(idx < 0) or np.any(idx >= self.batch_size)):
-            raise ValueError(f"batch indices must lie in 0..{self.batch_size - 1}, got {idx.tolist()}")
+            raise TurboQuantError(f"batch indices must lie in 0..{self.batch_size - 1}, got {idx.tolist()}")
         if self._native.batch:
             self._native.select(idx)
         if self._sink_k is not None:
@@ -238,7 +239,7 @@ class KVLayerStore:
     def repeat_interleave(self, repeats: int) -> None:
         """Repeats every batch row ``repeats`` times in place."""
         if int(repeats) < 1:
-            raise ValueError(f"repeats must be positive, got {repeats}")
+            raise TurboQuantError(f"repeats must be positive, got {repeats}")
         if self._native.batch:
             self._native.repeat_interleave(int(repeats))
         if self._sink_k is not None:
@@ -307,7 +308,7 @@ def _contiguous_runs(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     width = np.arange(n)[None, :]
     expect = (width >= start[:, None]) & (width < end[:, None])
     if not np.array_equal(expect, valid):
-        raise ValueError(
+        raise TurboQuantError(
             "the key mask over stored tokens must be one contiguous run per sequence "
             "(left or right padding); got a mask with holes"
         )
@@ -343,18 +344,18 @@ def packed_attention(
         ek = _float_array(extra_keys, "extra_keys", 4)
         ev = _float_array(extra_values, "extra_values", 4)
         if ek.shape != ev.shape or ek.shape[0] != bsz or ek.shape[3] != d:
-            raise ValueError(
+            raise TurboQuantError(
                 f"extra keys {ek.shape} and values {ev.shape} must be (batch={bsz}, H_kv, E, {d})"
             )
         if hq % ek.shape[1]:
-            raise ValueError(f"query heads ({hq}) must be a multiple of the KV heads ({ek.shape[1]})")
+            raise TurboQuantError(f"query heads ({hq}) must be a multiple of the KV heads ({ek.shape[1]})")
         e = ek.shape[2]
     total = n + e
     if ql > total:
-        raise ValueError(f"{ql} queries but only {total} keys: queries are the last positions")
+        raise TurboQuantError(f"{ql} queries but only {total} keys: queries are the last positions")
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
     if sliding_window is not None and int(sliding_window) < 1:
-        raise ValueError(f"sliding_window must be positive, got {sliding_window}")
+        raise TurboQuantError(f"sliding_window must be positive, got {sliding_window}")
     pos = np.arange(total - ql, total, dtype=np.int64)  # query positions
     lo = np.zeros(ql, dtype=np.int64) if sliding_window is None else pos - int(sliding_window) + 1
     hi = pos + 1
@@ -363,13 +364,13 @@ def packed_attention(
         kv_arr = key_valid.detach().cpu().numpy() if is_torch(key_valid) else np.asarray(key_valid)
         valid = kv_arr.astype(bool).reshape(bsz, -1)
         if valid.shape[1] != total:
-            raise ValueError(f"key_valid must have shape ({bsz}, {total}), got {kv_arr.shape}")
+            raise TurboQuantError(f"key_valid must have shape ({bsz}, {total}), got {kv_arr.shape}")
     out = np.zeros((bsz, hq, ql, d), dtype=np.float32)
     lse = np.full((bsz, hq, ql), -np.inf, dtype=np.float32)
     if n > 0:
         assert store is not None
         if store.batch_size != bsz:
-            raise ValueError(f"query batch {bsz} does not match the store's {store.batch_size}")
+            raise TurboQuantError(f"query batch {bsz} does not match the store's {store.batch_size}")
         lo_b = np.broadcast_to(lo, (bsz, ql))
         hi_b = np.broadcast_to(np.minimum(hi, n), (bsz, ql))
         if valid is not None:
@@ -488,9 +489,9 @@ class TurboQuantKVCache:
         if pre_rope:
             raise NotImplementedError("pre_rope=True is not supported: keys are quantized after RoPE")
         if outlier_method != "magnitude":
-            raise ValueError(f"outlier_method must be 'magnitude', got {outlier_method!r}")
+            raise TurboQuantError(f"outlier_method must be 'magnitude', got {outlier_method!r}")
         if isinstance(residual_length, bool) or not isinstance(residual_length, int) or residual_length < 0:
-            raise ValueError(f"residual_length must be a non-negative integer, got {residual_length!r}")
+            raise TurboQuantError(f"residual_length must be a non-negative integer, got {residual_length!r}")
         self.head_dim = int(head_dim)
         self.bit_width = _bits(bit_width, "bit_width")
         self.key_bit_width = (
@@ -527,7 +528,7 @@ class TurboQuantKVCache:
         query heads share a KV head (each key's error reaches every head of its group).
         Attention itself is GQA-native: each KV head's codes are read once for all its heads."""
         if num_kv_heads < 1 or num_query_heads % num_kv_heads:
-            raise ValueError(
+            raise TurboQuantError(
                 f"num_query_heads ({num_query_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
             )
         ratio = num_query_heads // num_kv_heads
@@ -573,9 +574,13 @@ class TurboQuantKVCache:
         for name, x in (("keys", keys), ("values", values)):
             shape = tuple(x.shape)
             if len(shape) != 4 or shape[-1] != self.head_dim:
-                raise ValueError(f"{name} must have shape (batch, heads, seq, {self.head_dim}), got {shape}")
+                raise TurboQuantError(
+                    f"{name} must have shape (batch, heads, seq, {self.head_dim}), got {shape}"
+                )
         if tuple(keys.shape) != tuple(values.shape):
-            raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ in shape")
+            raise TurboQuantError(
+                f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ in shape"
+            )
         if kind_of(keys) != kind_of(values):
             raise TypeError("keys and values must both be numpy arrays or both torch tensors")
         b, h, s, _ = (int(v) for v in keys.shape)
@@ -593,11 +598,11 @@ class TurboQuantKVCache:
         if is_torch(rk):
             rk, rv = rk.detach().clone(), rv.detach().clone()
             if not bool(rk.isfinite().all()) or not bool(rv.isfinite().all()):
-                raise ValueError("keys and values must be finite (NaN or Inf found)")
+                raise TurboQuantError("keys and values must be finite (NaN or Inf found)")
         else:
             rk, rv = np.array(rk), np.array(rv)
             if rk.dtype.kind != "f" or not (np.isfinite(rk).all() and np.isfinite(rv).all()):
-                raise ValueError("keys and values must be finite float arrays")
+                raise TurboQuantError("keys and values must be finite float arrays")
         return CompressedKV(
             store, rk, rv, b, h, s, self.head_dim, kind_of(keys), keys.dtype, store.settings()
         )
@@ -606,7 +611,7 @@ class TurboQuantKVCache:
         if not isinstance(c, CompressedKV):
             raise TypeError(f"expected a CompressedKV, got {type(c).__name__}")
         if c.settings[2:] != self._new_store(c.num_heads).settings()[2:]:
-            raise ValueError(
+            raise TurboQuantError(
                 "this CompressedKV was made by a cache with other settings (bits, outliers, seed)"
             )
         return c
@@ -617,7 +622,7 @@ class TurboQuantKVCache:
         c = self._check_compressed(compressed)
         b, h, t = self._check_kv(keys, values)
         if (b, h) != (c.batch_size, c.num_heads):
-            raise ValueError(
+            raise TurboQuantError(
                 f"new tokens are for batch {b} × {h} heads; the cache holds {c.batch_size} × {c.num_heads}"
             )
         _same_kind(keys, c.kind, "keys")
@@ -658,11 +663,11 @@ class TurboQuantKVCache:
         c = self._check_compressed(compressed)
         qs = tuple(query.shape)
         if len(qs) != 4 or qs[-1] != self.head_dim or qs[0] != c.batch_size:
-            raise ValueError(
+            raise TurboQuantError(
                 f"query must have shape ({c.batch_size}, heads, q_len, {self.head_dim}), got {qs}"
             )
         if qs[1] % c.num_heads:
-            raise ValueError(f"query heads ({qs[1]}) must be a multiple of the KV heads ({c.num_heads})")
+            raise TurboQuantError(f"query heads ({qs[1]}) must be a multiple of the KV heads ({c.num_heads})")
         wk, wv = self._window(c)
         return packed_attention(
             query,
@@ -701,7 +706,7 @@ class TurboQuantKVCache:
         window counted at 2 bytes per value as fp16), built on zero-free synthetic tokens."""
         b, h, s = int(batch_size), int(num_heads), int(seq_len)
         if min(b, h, s) < 1:
-            raise ValueError("batch_size, num_heads and seq_len must be positive")
+            raise TurboQuantError("batch_size, num_heads and seq_len must be positive")
         fp16 = 2 * b * h * s * self.head_dim * FP16_BYTES
         quantized = max(s - self.residual_length, 0)
         store = self._new_store(h)

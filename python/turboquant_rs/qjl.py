@@ -15,24 +15,47 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import as_rows, to_kind
+from ._convert import as_int, as_rows, is_torch, to_kind
+from ._native import TurboQuantError
+
+
+def _host_array(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if is_torch(x) else x)
+    if arr.ndim == 0:
+        raise TurboQuantError(f"{name} must have at least one dimension, got a 0-d array")
+    return arr
 
 
 def pack_bits(bits: Any) -> Any:
-    """Packs {0,1} values (..., m) into bytes (..., ⌈m/8⌉), LSB first (the crate's layout)."""
-    arr = np.asarray(bits.cpu().numpy() if hasattr(bits, "cpu") else bits).astype(np.uint8)
-    m = arr.shape[-1]
-    packed = _native.pack(np.ascontiguousarray(arr.reshape(-1, m)), 1)
-    out = packed.reshape(*arr.shape[:-1], packed.shape[-1])
-    return to_kind(out, "torch") if hasattr(bits, "cpu") else out
+    """Packs {0,1} values (..., m) into bytes (..., ⌈m/8⌉), the seed's bytes: the first value of
+    each group of 8 is the most significant bit, the last byte zero-padded (as
+    ``numpy.packbits(bitorder="big")``). Values other than 0 and 1 (or bool) are refused.
+
+    This is a public helper with the seed's byte order; the quantizer's own sign and code
+    buffers use the crate's LSB-first layout (``rust/turboquant/src/packing.rs``).
+    """
+    arr = _host_array(bits, "bits")
+    if arr.dtype != np.bool_:
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"bits must be 0/1 integers or bools, got dtype {arr.dtype}")
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise TurboQuantError("bits must hold only 0 and 1")
+    out = np.packbits(arr.astype(np.uint8), axis=-1, bitorder="big")
+    return to_kind(out, "torch") if is_torch(bits) else out
 
 
 def unpack_bits(packed: Any, num_bits: int) -> Any:
-    """Inverse of :func:`pack_bits`: (..., ⌈m/8⌉) bytes → (..., m) {0,1} values."""
-    arr = np.asarray(packed.cpu().numpy() if hasattr(packed, "cpu") else packed).astype(np.uint8)
-    flat = _native.unpack(np.ascontiguousarray(arr.reshape(-1, arr.shape[-1])), num_bits, 1)
-    out = flat.reshape(*arr.shape[:-1], num_bits)
-    return to_kind(out, "torch") if hasattr(packed, "cpu") else out
+    """Inverse of :func:`pack_bits`: (..., ⌈num_bits/8⌉) bytes → (..., num_bits) {0,1} uint8."""
+    arr = _host_array(packed, "packed")
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+            raise TurboQuantError(f"packed must hold bytes (uint8), got dtype {arr.dtype}")
+        arr = arr.astype(np.uint8)
+    num_bits = as_int(num_bits, "num_bits", 0)
+    if arr.shape[-1] != -(-num_bits // 8):
+        raise TurboQuantError(f"{num_bits} bits take {-(-num_bits // 8)} bytes, packed has {arr.shape[-1]}")
+    out = np.unpackbits(arr, axis=-1, count=num_bits, bitorder="big")
+    return to_kind(out, "torch") if is_torch(packed) else out
 
 
 def sphere_abs_mean(dim: int) -> float:
@@ -48,6 +71,8 @@ class QJLOutput:
     norms: np.ndarray
     shape: tuple[int, ...] = ()
     kind: str = "numpy"
+    #: (input_dim, proj_dim, seed, proj_type) of the sketch that made it; checked on use
+    params: tuple[int, int, int, str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -62,10 +87,13 @@ class QJL:
         self, input_dim: int, proj_dim: int | None = None, seed: int = 0, proj_type: str = "orthogonal"
     ):
         if proj_type not in ("orthogonal", "gaussian", "rademacher"):
-            raise ValueError(f"proj_type must be 'orthogonal', 'gaussian' or 'rademacher', got {proj_type!r}")
-        self.input_dim = input_dim
-        self.proj_dim = proj_dim or input_dim
-        self.seed = seed
+            raise TurboQuantError(
+                f"proj_type must be 'orthogonal', 'gaussian' or 'rademacher', got {proj_type!r}"
+            )
+        # the orthogonal projection is the quantizer's rotation, defined for d >= 2
+        self.input_dim = as_int(input_dim, "input_dim", 2 if proj_type == "orthogonal" else 1, 1 << 24)
+        self.proj_dim = self.input_dim if proj_dim is None else as_int(proj_dim, "proj_dim", 1, 1 << 26)
+        self.seed = as_int(seed, "seed", 0)
         self.proj_type = proj_type
         if proj_type == "orthogonal":
             blocks = -(-self.proj_dim // input_dim)
@@ -94,9 +122,18 @@ class QJL:
         rows, lead, kind = as_rows(x, self.input_dim)
         z = self._project(rows)
         signs = _native.pack(np.ascontiguousarray((z >= 0).astype(np.uint8)), 1)
-        return QJLOutput(signs, np.linalg.norm(rows, axis=1).astype(np.float32), lead, kind)
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1).astype(np.float32)
+        return QJLOutput(signs, norms, lead, kind, self._params())
+
+    def _params(self) -> tuple[int, int, int, str]:
+        return self.input_dim, self.proj_dim, self.seed, self.proj_type
 
     def _signs(self, output: QJLOutput) -> np.ndarray:
+        if output.params is not None and output.params != self._params():
+            raise TurboQuantError(
+                f"sketch was made with (input_dim, proj_dim, seed, proj_type) = {output.params}, "
+                f"this QJL has {self._params()}"
+            )
         bits = _native.unpack(np.ascontiguousarray(output.sign_bits), self.proj_dim, 1)
         return bits.astype(np.float32) * 2.0 - 1.0
 

@@ -14,21 +14,30 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import as_rows, is_torch, to_kind
+from ._convert import as_int, as_rows, is_torch, to_kind
+from ._native import TurboQuantError
 
 _METRICS = ("ip", "cosine", "l2")
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _as_id_array(ids: Any, name: str) -> np.ndarray:
-    """A 1-D C-contiguous int64 array of ids, or TypeError/ValueError."""
+    """A 1-D C-contiguous int64 array of ids (each in 0..2**63-1), or TypeError/TurboQuantError."""
     arr = ids.detach().cpu().numpy() if is_torch(ids) else np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)  # [] (float64 to numpy) or any empty array
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         arr = arr.reshape(-1)
-    if arr.size and int(arr.min()) < 0:
-        raise ValueError(f"{name} must be non-negative")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    if int(arr.min()) < 0:
+        raise TurboQuantError(f"{name} must be non-negative")
+    if int(arr.max()) > _INT64_MAX:
+        raise TurboQuantError(f"{name} must be at most 2**63 - 1, got {int(arr.max())}")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    return out if out.flags.aligned else out.copy()
 
 
 class TurboQuantIndex:
@@ -63,15 +72,18 @@ class TurboQuantIndex:
         num_threads: int | None = None,
     ) -> None:
         if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+            raise TurboQuantError(f"metric must be one of {_METRICS}, got {metric!r}")
+        dim = as_int(dim, "dim", 2, 1 << 24)
+        bit_width = as_int(bit_width, "bit_width", 1, 8)
+        seed = as_int(seed, "seed", 0, (1 << 64) - 1)
         if num_threads is not None:
-            _native.set_num_threads(int(num_threads))
+            _native.set_num_threads(as_int(num_threads, "num_threads", 0))
         auto = center is True
-        self._index = _native.Index(int(dim), int(bit_width), metric, int(seed), bool(rerank), auto)
+        self._index = _native.Index(dim, bit_width, metric, seed, bool(rerank), auto)
         if not isinstance(center, bool):
             c, _, _ = as_rows(center, int(dim), "center")
             if len(c) != 1:
-                raise ValueError(f"center must be one vector of {dim} values, got {len(c)} rows")
+                raise TurboQuantError(f"center must be one vector of {dim} values, got {len(c)} rows")
             self._index.set_center(c[0])
 
     @classmethod
@@ -124,7 +136,7 @@ class TurboQuantIndex:
         rows, _, kind = as_rows(vectors, self.dim, "vectors")
         id_arr = None if ids is None else _as_id_array(ids, "ids")
         if id_arr is not None and len(id_arr) != len(rows):
-            raise ValueError(f"{len(id_arr)} ids for {len(rows)} vectors")
+            raise TurboQuantError(f"{len(id_arr)} ids for {len(rows)} vectors")
         return to_kind(self._index.add(rows, id_arr), kind)
 
     def remove(self, ids: Any) -> int:
@@ -135,7 +147,9 @@ class TurboQuantIndex:
         """The ``k`` best vectors per query → ``(scores, ids)``, best first.
 
         ``queries`` is (nq, dim) or a single (dim,) query (1-D results). Scores are inner
-        products, cosines, or squared L2 distances. Positions without a result hold id -1.
+        products, cosines, or squared L2 distances. ``k`` is capped by the number of live
+        vectors (as the seed does): results have ``min(k, len(self))`` columns, and positions
+        that a ``filter`` leaves without a match hold id -1 (score −inf, +inf for L2).
         ``filter`` restricts the scan: an integer array of allowed ids, or a boolean mask
         indexed by id (``mask[id]``; ids past its end are excluded).
         """
@@ -147,19 +161,35 @@ class TurboQuantIndex:
             f = filter.detach().cpu().numpy() if is_torch(filter) else np.asarray(filter)
             if f.dtype == np.bool_:
                 allow_mask = np.ascontiguousarray(f.reshape(-1))
+            elif f.size == 0:
+                allow_ids = np.zeros(0, dtype=np.int64)  # filter=[]: nothing allowed
             else:
                 allow_ids = _as_id_array(f, "filter")
-        scores, ids = self._index.search(rows, int(k), allow_ids, allow_mask)
-        shape = (*lead, int(k))
+        k = min(int(k), len(self._index))  # also keeps k ≥ 2**64 from overflowing the binding
+        scores, ids = self._index.search(rows, k, allow_ids, allow_mask)
+        shape = (*lead, ids.shape[1])
         return to_kind(scores.reshape(shape), kind), to_kind(ids.reshape(shape), kind)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the index to ``path`` (versioned, checksummed)."""
+        """Writes the index to ``path`` (versioned, checksummed), atomically: through a
+        uniquely named temporary file in the same folder, flushed to disk and renamed into
+        place, so concurrent saves and readers never see a partial file; on error the
+        temporary file is removed."""
         self._index.save(os.fspath(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = True) -> TurboQuantIndex:
-        """Reads an index file; with ``mmap`` the codes are served from a read-only mapping."""
+        """Reads an index file (``CorruptFileError`` if it is truncated, damaged or unknown).
+
+        With ``mmap`` (the default) the codes are served from a read-only mapping of the file,
+        which is *checked*: the file's length and modification time are compared with those at
+        load before every search, save and add, and a file truncated or rewritten in place
+        raises ``CorruptFileError`` (reload it) instead of crashing the process or silently
+        changing results. Replacing the file with :meth:`save` (a rename) is always safe; the
+        mapping keeps the data it was loaded with. A change that races with a search already
+        running is not covered: use ``mmap=False`` (a private copy in memory) for files that
+        other processes may rewrite in place.
+        """
         return cls._wrap(_native.Index.load(os.fspath(path), bool(mmap)))
 
     def to(self, device: Any) -> TurboQuantIndex:

@@ -1,7 +1,6 @@
 //! Integer arguments that fail with a `ValueError` naming them: PyO3's own conversion of an
 //! out-of-range int (`bit_width=300`, `dim=-1`) raises an `OverflowError` that names nothing.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::Borrowed;
 
@@ -20,7 +19,7 @@ pub struct Seed(pub u64);
 /// The int `obj` if it lies in `lo..=hi`, else a `ValueError` naming `name`.
 fn int_in(obj: Borrowed<'_, '_, PyAny>, name: &str, lo: i64, hi: i64) -> PyResult<i64> {
     let fail = || {
-        PyValueError::new_err(format!(
+        crate::errors::invalid(format!(
             "{name} must be an integer in {lo}..={hi}, got {}",
             &*obj
         ))
@@ -55,7 +54,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Seed {
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         obj.extract::<u64>().map(Seed).map_err(|_| {
-            PyValueError::new_err(format!(
+            crate::errors::invalid(format!(
                 "seed must be an integer in 0..={}, got {}",
                 u64::MAX,
                 &*obj

@@ -2,26 +2,58 @@
 
 use crate::errors::IntoPy;
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyValueError;
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
-/// The contiguous data of a borrowed 2-D array, or a `ValueError` naming `what`.
+/// Why an array's data cannot be borrowed as a slice: not C-contiguous, or not aligned.
+fn layout_error(what: &str, contiguous: bool) -> PyErr {
+    if contiguous {
+        crate::errors::invalid(format!(
+            "{what} must be aligned to its element size (copy it, e.g. numpy.require(a, requirements='CA'))"
+        ))
+    } else {
+        crate::errors::invalid(format!("{what} must be C-contiguous"))
+    }
+}
+
+/// The contiguous data of a borrowed 2-D array, or a `TurboQuantError` naming `what`.
 pub fn slice2<'a, T: numpy::Element>(
     a: &'a PyReadonlyArray2<'_, T>,
     what: &str,
 ) -> PyResult<&'a [T]> {
     a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+        .map_err(|_| layout_error(what, a.is_c_contiguous()))
 }
 
-/// The contiguous data of a borrowed 1-D array, or a `ValueError` naming `what`.
+/// The data of a borrowed 2-D array that must have `cols` columns (and `rows` rows, when
+/// given), or a `TurboQuantError` naming `what`.
+pub fn rows2<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray2<'_, T>,
+    what: &str,
+    rows: Option<usize>,
+    cols: usize,
+) -> PyResult<&'a [T]> {
+    let shape = a.shape();
+    if shape[1] != cols || rows.is_some_and(|r| r != shape[0]) {
+        let want = rows.map_or("n".to_string(), |r| r.to_string());
+        return Err(crate::errors::invalid(format!(
+            "{what} must have shape ({want}, {cols}), got ({}, {})",
+            shape[0], shape[1]
+        )));
+    }
+    slice2(a, what)
+}
+
+/// The contiguous data of a borrowed 1-D array, or a `TurboQuantError` naming `what`.
 pub fn slice1<'a, T: numpy::Element>(
     a: &'a PyReadonlyArray1<'_, T>,
     what: &str,
 ) -> PyResult<&'a [T]> {
     a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+        .map_err(|_| layout_error(what, a.is_c_contiguous()))
 }
 
 /// Moves a row-major `rows × cols` vector into a numpy array (no copy).
@@ -33,7 +65,7 @@ pub fn to_array2<'py, T: numpy::Element>(
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
     Array2::from_shape_vec((rows, cols), v)
         .map(|a| a.into_pyarray(py))
-        .map_err(|e| PyValueError::new_err(e.to_string()))
+        .map_err(|e| crate::errors::invalid(e.to_string()))
 }
 
 /// Moves a vector into a 1-D numpy array (no copy).
@@ -61,5 +93,5 @@ pub fn filled_array2<'py>(
 
 /// The error of a non-contiguous array where a contiguous one is required.
 pub fn contiguous(e: numpy::AsSliceError) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    crate::errors::invalid(e.to_string())
 }

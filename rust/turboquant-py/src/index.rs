@@ -4,10 +4,9 @@
 //! lock (many at once, GIL released), `add`/`remove` the write lock.
 
 use crate::args::{Bits, Dim, Seed};
-use crate::arrays::{slice1, slice2, to_array1, to_array2};
+use crate::arrays::{rows2, slice1, to_array1, to_array2};
 use crate::errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -33,7 +32,7 @@ fn to_ids(ids: &[i64]) -> PyResult<Vec<u64>> {
     ids.iter()
         .map(|&i| {
             u64::try_from(i)
-                .map_err(|_| PyValueError::new_err(format!("ids must be non-negative, got {i}")))
+                .map_err(|_| crate::errors::invalid(format!("ids must be non-negative, got {i}")))
         })
         .collect()
 }
@@ -135,7 +134,7 @@ impl PyIndex {
         vectors: PyReadonlyArray2<'py, f32>,
         ids: Option<PyReadonlyArray1<'py, i64>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let x = slice2(&vectors, "vectors")?;
+        let x = rows2(&vectors, "vectors", None, self.read().dim())?;
         let given = match &ids {
             Some(a) => Some(to_ids(slice1(a, "ids")?)?),
             None => None,
@@ -170,7 +169,7 @@ impl PyIndex {
         allow_ids: Option<PyReadonlyArray1<'py, i64>>,
         allow_mask: Option<PyReadonlyArray1<'py, bool>>,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
-        let q = slice2(&queries, "queries")?;
+        let q = rows2(&queries, "queries", None, self.read().dim())?;
         let allow = match &allow_ids {
             Some(a) => Some(to_ids(slice1(a, "allow_ids")?)?),
             None => None,
@@ -181,7 +180,7 @@ impl PyIndex {
         };
         let filter = match (&allow, mask) {
             (Some(_), Some(_)) => {
-                return Err(PyValueError::new_err(
+                return Err(crate::errors::invalid(
                     "pass allow_ids or allow_mask, not both",
                 ))
             }

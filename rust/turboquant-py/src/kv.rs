@@ -1,13 +1,12 @@
 //! `KvStore`: one attention layer's packed K/V (the core's `kv::KvStore`) over numpy buffers.
 
 use crate::args::{Bits, Dim, Seed};
-use crate::errors::IntoPy;
+use crate::errors::{invalid, IntoPy};
 use numpy::ndarray::{Array3, Array4};
 use numpy::{
     IntoPyArray, PyArray3, PyArray4, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray4,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use turboquant::kv::{AttendParams, KvConfig, KvStore, SideSpec};
 
@@ -31,13 +30,13 @@ fn block<'a>(
     let s = a.shape();
     let shape = [s[0], s[1], s[2], s[3]];
     if shape[1] != heads || shape[3] != dim {
-        return Err(PyValueError::new_err(format!(
+        return Err(invalid(format!(
             "{what} must have shape (batch, {heads}, tokens, {dim}) ({heads_name} × head_dim), got {shape:?}"
         )));
     }
     let data = a
         .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))?;
+        .map_err(|_| invalid(format!("{what} must be C-contiguous")))?;
     Ok((data, shape))
 }
 
@@ -139,7 +138,7 @@ impl PyKvStore {
         let (k, ks) = block(&keys, "keys", c.kv_heads, c.head_dim, "kv_heads")?;
         let (v, vs) = block(&values, "values", c.kv_heads, c.head_dim, "kv_heads")?;
         if ks != vs {
-            return Err(PyValueError::new_err(format!(
+            return Err(invalid(format!(
                 "keys {ks:?} and values {vs:?} must have the same shape"
             )));
         }
@@ -165,14 +164,14 @@ impl PyKvStore {
         let s = queries.shape();
         let shape = [s[0], s[1], s[2], s[3]];
         if shape[3] != c.head_dim {
-            return Err(PyValueError::new_err(format!(
+            return Err(invalid(format!(
                 "queries must have shape (batch, query_heads, q_len, {}), got {shape:?}",
                 c.head_dim
             )));
         }
         for (name, a) in [("lo", &lo), ("hi", &hi)] {
             if a.shape() != [shape[0], shape[2]] {
-                return Err(PyValueError::new_err(format!(
+                return Err(invalid(format!(
                     "{name} must have shape (batch, q_len) = ({}, {}), got {:?}",
                     shape[0],
                     shape[2],
@@ -180,14 +179,12 @@ impl PyKvStore {
                 )));
             }
         }
-        let contiguous = |what: &str| PyValueError::new_err(format!("{what} must be C-contiguous"));
+        let contiguous = |what: &str| invalid(format!("{what} must be C-contiguous"));
         let q = queries.as_slice().map_err(|_| contiguous("queries"))?;
         let lo_s = lo.as_slice().map_err(|_| contiguous("lo"))?;
         let hi_s = hi.as_slice().map_err(|_| contiguous("hi"))?;
         if q.is_empty() {
-            return Err(PyValueError::new_err(format!(
-                "queries are empty (shape {shape:?})"
-            )));
+            return Err(invalid(format!("queries are empty (shape {shape:?})")));
         }
         let p = AttendParams {
             query_heads: shape[1],
@@ -202,10 +199,9 @@ impl PyKvStore {
         let inner = &self.inner;
         py.detach(|| inner.attend(q, &p, &mut out, &mut lse))
             .py_err()?;
-        let out =
-            Array4::from_shape_vec(shape, out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let out = Array4::from_shape_vec(shape, out).map_err(|e| invalid(e.to_string()))?;
         let lse = Array3::from_shape_vec((shape[0], shape[1], shape[2]), lse)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?;
         Ok((out.into_pyarray(py), lse.into_pyarray(py)))
     }
 
@@ -221,9 +217,8 @@ impl PyKvStore {
         let (mut k, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
         let inner = &self.inner;
         py.detach(|| inner.decompress(&mut k, &mut v)).py_err()?;
-        let to4 = |x: Vec<f32>| {
-            Array4::from_shape_vec(shape, x).map_err(|e| PyValueError::new_err(e.to_string()))
-        };
+        let to4 =
+            |x: Vec<f32>| Array4::from_shape_vec(shape, x).map_err(|e| invalid(e.to_string()));
         Ok((to4(k)?.into_pyarray(py), to4(v)?.into_pyarray(py)))
     }
 
@@ -236,12 +231,11 @@ impl PyKvStore {
     fn select(&mut self, rows: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
         let rows = rows
             .as_slice()
-            .map_err(|_| PyValueError::new_err("rows must be C-contiguous"))?;
+            .map_err(|_| invalid("rows must be C-contiguous"))?;
         let rows: Vec<usize> = rows
             .iter()
             .map(|&r| {
-                usize::try_from(r)
-                    .map_err(|_| PyValueError::new_err(format!("batch index {r} is negative")))
+                usize::try_from(r).map_err(|_| invalid(format!("batch index {r} is negative")))
             })
             .collect::<PyResult<_>>()?;
         self.inner.select(&rows).py_err()

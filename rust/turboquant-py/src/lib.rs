@@ -2,7 +2,7 @@
 //!
 //! Borrows numpy buffers (C-contiguous, checked), releases the GIL around all Rust work,
 //! moves result vectors into numpy arrays without copies, and maps the crate's one error
-//! enum to `ValueError`/`OSError`. No panics cross this boundary: every fallible call
+//! enum to `TurboQuantError` / `CorruptFileError` (both `ValueError`s) and `OSError`. No panics cross this boundary: every fallible call
 //! returns a `Result`.
 
 mod args;
@@ -13,7 +13,7 @@ mod kv;
 mod quantizer;
 
 use args::{Bits, Dim};
-use arrays::{slice2, to_array1, to_array2};
+use arrays::{rows2, slice2, to_array1, to_array2};
 use errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -68,7 +68,12 @@ fn unpack<'py>(
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let (Dim(dim), Bits(bits)) = (dim, bits);
     let rows = packed.shape()[0];
-    let data = slice2(&packed, "packed")?;
+    let data = rows2(
+        &packed,
+        "packed",
+        None,
+        turboquant::packing::row_bytes(dim, bits),
+    )?;
     let codes = py
         .detach(|| turboquant::packing::unpack(data, dim, bits))
         .py_err()?;
@@ -84,7 +89,7 @@ fn fwht<'py>(
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let d = x.shape()[1];
     if d == 0 || !d.is_power_of_two() {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+        return Err(crate::errors::invalid(format!(
             "last dimension must be a power of 2, got {d}"
         )));
     }
@@ -116,6 +121,12 @@ fn num_threads() -> usize {
     turboquant::parallel::num_threads()
 }
 
+/// Abandons a thread pool inherited through `fork` (registered with `os.register_at_fork`).
+#[pyfunction]
+fn _after_fork_in_child() {
+    turboquant::parallel::after_fork_in_child();
+}
+
 /// SIMD level the kernels dispatch to ("avx512", "avx2" or "scalar").
 #[pyfunction]
 fn simd_level() -> &'static str {
@@ -136,6 +147,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

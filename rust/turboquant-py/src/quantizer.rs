@@ -1,7 +1,7 @@
 //! `Quantizer`: the core quantizer, taking and returning numpy buffers.
 
 use crate::args::{Bits, Dim, Seed};
-use crate::arrays::{contiguous, filled_array2, slice1, slice2, to_array1, to_array2};
+use crate::arrays::{contiguous, filled_array2, rows2, slice1, to_array1, to_array2};
 use crate::errors::IntoPy;
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
@@ -31,15 +31,22 @@ pub struct Buffers<'py> {
 }
 
 impl Buffers<'_> {
-    fn view(&self) -> PyResult<BatchView<'_>> {
+    /// The buffers as a batch of `q`'s format: every array's shape is checked, not only its
+    /// length (a (2n, b/2) code array is refused rather than read as n rows of b bytes).
+    fn view(&self, q: &Quantizer) -> PyResult<BatchView<'_>> {
         let scales = slice1(&self.scales, "scales")?;
-        Ok(BatchView {
-            n: scales.len(),
-            codes: slice2(&self.codes, "codes")?,
+        let n = scales.len();
+        let sb = q.sign_bytes();
+        let sign_rows = if sb > 0 { Some(n) } else { None };
+        let view = BatchView {
+            n,
+            codes: rows2(&self.codes, "codes", Some(n), q.code_bytes())?,
             scales,
-            qjl_signs: slice2(&self.signs, "qjl_signs")?,
+            qjl_signs: rows2(&self.signs, "qjl_signs", sign_rows, sb)?,
             residual_norms: slice1(&self.rnorms, "residual_norms")?,
-        })
+        };
+        q.check(&view).py_err()?;
+        Ok(view)
     }
 }
 
@@ -108,8 +115,8 @@ impl PyQuantizer {
         py: Python<'py>,
         x: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<Packed<'py>> {
-        let data = slice2(&x, "x")?;
         let q = &self.inner;
+        let data = rows2(&x, "x", None, q.dim())?;
         let n = data.len() / q.dim();
         let prod = q.mode() == Mode::Prod;
         // numpy allocates the outputs (huge pages for large arrays; see `filled_array2`)
@@ -146,7 +153,7 @@ impl PyQuantizer {
             signs,
             rnorms,
         };
-        let view = bufs.view()?;
+        let view = bufs.view(&self.inner)?;
         let q = &self.inner;
         filled_array2(py, view.n, q.dim(), |out| q.dequantize(&view, out))
     }
@@ -162,14 +169,14 @@ impl PyQuantizer {
         signs: PyReadonlyArray2<'py, u8>,
         rnorms: PyReadonlyArray1<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let qs = slice2(&queries, "queries")?;
+        let qs = rows2(&queries, "queries", None, self.inner.dim())?;
         let bufs = Buffers {
             codes,
             scales,
             signs,
             rnorms,
         };
-        let view = bufs.view()?;
+        let view = bufs.view(&self.inner)?;
         let q = &self.inner;
         let nq = qs.len() / q.dim().max(1);
         filled_array2(py, nq, view.n, |out| q.inner_products(qs, &view, out))
@@ -183,14 +190,9 @@ impl PyQuantizer {
         x: PyReadonlyArray2<'py, f32>,
         inverse: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let data = slice2(&x, "x")?;
         let rot = self.inner.rotation();
         let d = rot.dim();
-        if data.len() % d != 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "last dimension must be {d}"
-            )));
-        }
+        let data = rows2(&x, "x", None, d)?;
         let mut out = data.to_vec();
         py.detach(|| {
             for row in out.chunks_exact_mut(d) {
@@ -239,7 +241,7 @@ impl PyQuantizer {
             signs,
             rnorms,
         };
-        let view = bufs.view()?;
+        let view = bufs.view(&self.inner)?;
         let q = &self.inner;
         let bytes = py
             .detach(|| format::batch_to_bytes(q, &view, entropy))

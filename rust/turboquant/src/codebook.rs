@@ -12,7 +12,7 @@
 use crate::cells::CellTable;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 /// Largest supported bit width.
 pub const MAX_BITS: u8 = 8;
@@ -164,22 +164,25 @@ impl Codebook {
 type Cache = Mutex<HashMap<(usize, u8), Arc<Codebook>>>;
 
 /// The cached codebook for `(dim, bits)`; built on first use.
+///
+/// The cache is only ever `try_lock`ed: a busy lock (another thread's lookup, or a lock a
+/// forked child inherited held) costs a rebuild (milliseconds), never a wait or a deadlock.
 pub fn get(dim: usize, bits: u8) -> Result<Arc<Codebook>> {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     validate(dim, bits)?;
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(cb) = cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(dim, bits))
-    {
-        return Ok(cb.clone());
+    let lock = || match cache.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    };
+    if let Some(cb) = lock().and_then(|c| c.get(&(dim, bits)).cloned()) {
+        return Ok(cb);
     }
     let cb = Arc::new(Codebook::build(dim, bits)?);
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((dim, bits), cb.clone());
+    if let Some(mut c) = lock() {
+        c.insert((dim, bits), cb.clone());
+    }
     Ok(cb)
 }
 

@@ -22,7 +22,7 @@ use crate::bytes::{ByteReader, ByteWriter};
 use crate::entropy::{self, FrequencyModel};
 use crate::error::{Error, Result};
 use crate::packing;
-use crate::quantizer::{BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode};
+use crate::quantizer::{BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode, MAX_DIM};
 
 const MAGIC: &[u8; 4] = b"TQRS";
 /// Format version written by this build.
@@ -56,8 +56,50 @@ pub fn write_header(w: &mut ByteWriter, kind: Kind, q: &Quantizer) {
     w.u64(q.seed());
 }
 
-/// Reads and validates the common header; rebuilds the quantizer it describes.
-pub fn read_header(r: &mut ByteReader<'_>, kind: Kind) -> Result<Quantizer> {
+/// The parameters a header declares, validated but not built yet: sizes can be checked
+/// against the file before the (for a large `dim`, costly) codebook and rotation are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Vector dimension, `2..=MAX_DIM`.
+    pub dim: usize,
+    /// Total bits per coordinate, `1..=8` (`2..=8` in prod mode).
+    pub bits: u8,
+    /// MSE or prod.
+    pub mode: Mode,
+    /// The stored-scale rule.
+    pub scale: ScaleMode,
+    /// Rotation seed.
+    pub seed: u64,
+}
+
+impl Header {
+    /// Bits of the Lloyd-Max codes.
+    pub fn mse_bits(&self) -> u8 {
+        match self.mode {
+            Mode::Mse => self.bits,
+            Mode::Prod => self.bits - 1,
+        }
+    }
+    /// Packed code bytes per vector (as [`Quantizer::code_bytes`]).
+    pub fn code_bytes(&self) -> usize {
+        packing::row_bytes(self.dim, self.mse_bits())
+    }
+    /// Packed sign bytes per vector (as [`Quantizer::sign_bytes`]).
+    pub fn sign_bytes(&self) -> usize {
+        match self.mode {
+            Mode::Mse => 0,
+            Mode::Prod => packing::row_bytes(self.dim, 1),
+        }
+    }
+    /// Builds the quantizer the header describes.
+    pub fn build(&self) -> Result<Quantizer> {
+        Quantizer::new(self.dim, self.bits, self.mode, self.scale, self.seed)
+            .map_err(|e| Error::Corrupt(format!("bad parameters: {e}")))
+    }
+}
+
+/// Reads and validates the common header's parameters (cheap: builds nothing).
+pub fn read_header_params(r: &mut ByteReader<'_>, kind: Kind) -> Result<Header> {
     if r.bytes(4)? != MAGIC {
         return Err(Error::Corrupt("not a turboquant file (bad magic)".into()));
     }
@@ -88,8 +130,25 @@ pub fn read_header(r: &mut ByteReader<'_>, kind: Kind) -> Result<Quantizer> {
         s => return Err(Error::Corrupt(format!("unknown scale {s}"))),
     };
     let seed = r.u64()?;
-    Quantizer::new(dim, bits, mode, scale, seed)
-        .map_err(|e| Error::Corrupt(format!("bad parameters: {e}")))
+    let min_bits = if mode == Mode::Prod { 2 } else { 1 };
+    if !(min_bits..=8).contains(&bits) {
+        return Err(Error::Corrupt(format!("bad parameters: bit width {bits}")));
+    }
+    if !(2..=MAX_DIM).contains(&dim) {
+        return Err(Error::Corrupt(format!("bad parameters: dim {dim}")));
+    }
+    Ok(Header {
+        dim,
+        bits,
+        mode,
+        scale,
+        seed,
+    })
+}
+
+/// Reads and validates the common header; rebuilds the quantizer it describes.
+pub fn read_header(r: &mut ByteReader<'_>, kind: Kind) -> Result<Quantizer> {
+    read_header_params(r, kind)?.build()
 }
 
 /// Serializes a quantizer's parameters.
@@ -134,37 +193,50 @@ pub fn batch_to_bytes(q: &Quantizer, b: &BatchView<'_>, entropy: bool) -> Result
     Ok(w.finish_with_crc())
 }
 
-/// Rebuilds a quantizer and its batch from [`batch_to_bytes`].
+/// Rebuilds a quantizer and its batch from [`batch_to_bytes`]. Every size the file declares
+/// is checked against its length before the quantizer is built or anything is allocated.
 pub fn batch_from_bytes(data: &[u8]) -> Result<(Quantizer, QuantizedBatch)> {
     let mut r = ByteReader::with_crc(data)?;
-    let q = read_header(&mut r, Kind::Batch)?;
-    let n = r.len(4)?;
+    let h = read_header_params(&mut r, Kind::Batch)?;
+    let prod = h.mode == Mode::Prod;
+    let (cb, sb) = (h.code_bytes(), h.sign_bytes());
+    // every vector holds at least its scale, signs and residual norm outside the codes
+    let n = r.len(4 + sb + if prod { 4 } else { 0 })?;
+    let overflow = || Error::Corrupt("size overflows".into());
+    enum Codes<'a> {
+        Raw(&'a [u8]),
+        Rans(Box<FrequencyModel>, &'a [u8]),
+    }
     let codes = match r.u8()? {
-        0 => r
-            .bytes(
-                n.checked_mul(q.code_bytes())
-                    .ok_or_else(|| Error::Corrupt("size overflows".into()))?,
-            )?
-            .to_vec(),
+        0 => Codes::Raw(r.bytes(n.checked_mul(cb).ok_or_else(overflow)?)?),
         1 => {
-            let k = 1usize << q.mse_bits();
+            let k = 1usize << h.mse_bits();
             let freq: Vec<u32> = (0..k)
                 .map(|_| r.u16().map(u32::from))
                 .collect::<Result<_>>()?;
             let model = FrequencyModel::from_frequencies(&freq)?;
             let len = r.len(1)?;
-            let count = n
-                .checked_mul(q.dim())
-                .ok_or_else(|| Error::Corrupt("size overflows".into()))?;
-            let symbols = entropy::decode(r.bytes(len)?, count, &model)?;
-            packing::pack(&symbols, q.dim(), q.mse_bits())?
+            Codes::Rans(Box::new(model), r.bytes(len)?)
         }
         e => return Err(Error::Corrupt(format!("unknown code encoding {e}"))),
     };
     let scales = r.f32s(n)?;
-    let qjl_signs = r.bytes(n * q.sign_bytes())?.to_vec();
-    let residual_norms = r.f32s(if q.mode() == Mode::Prod { n } else { 0 })?;
+    let qjl_signs = r.bytes(n.checked_mul(sb).ok_or_else(overflow)?)?.to_vec();
+    let residual_norms = r.f32s(if prod { n } else { 0 })?;
     r.finish()?;
+    if scales.iter().chain(&residual_norms).any(|v| !v.is_finite()) {
+        // quantize never stores these: a NaN or Inf here would poison every decoded value
+        return Err(Error::Corrupt("non-finite scale or residual norm".into()));
+    }
+    let q = h.build()?;
+    let codes = match codes {
+        Codes::Raw(c) => c.to_vec(),
+        Codes::Rans(model, stream) => {
+            let count = n.checked_mul(q.dim()).ok_or_else(overflow)?;
+            let symbols = entropy::decode(stream, count, &model)?;
+            packing::pack(&symbols, q.dim(), q.mse_bits())?
+        }
+    };
     let batch = QuantizedBatch {
         n,
         codes,

@@ -195,6 +195,24 @@ impl BlockScratch {
 
 const SIGN_VALUES: [f32; 2] = [-1.0, 1.0];
 
+/// Squared norms the f32 encoding path takes as they are; others are rescaled first.
+const SAFE_NSQ_MIN: f32 = 1e-30;
+/// See [`SAFE_NSQ_MIN`].
+const SAFE_NSQ_MAX: f32 = 1e30;
+
+/// The Euclidean norm of `row`, exact for every finite f32 input: the f32 sum of squares
+/// where it cannot under- or overflow, else an f64 sum (NaN or ∞ for non-finite input).
+pub fn robust_norm(level: SimdLevel, row: &[f32]) -> f64 {
+    let nsq = crate::simd::kernels::sum_squares(level, row);
+    if (SAFE_NSQ_MIN..=SAFE_NSQ_MAX).contains(&nsq) {
+        return f64::from(nsq).sqrt();
+    }
+    row.iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
 impl Quantizer {
     /// A quantizer for `dim`-vectors at `bits` bits per coordinate (total, QJL bit included).
     pub fn new(
@@ -439,12 +457,43 @@ impl Quantizer {
         let (d, cb) = (self.dim, &self.codebook);
         let m = rows.len() / d;
         lanes::load_rows(level, rows, d, &mut s.x);
-        let nsq = lanes::dot_lanes(level, &s.x, &s.x);
+        let mut nsq = lanes::dot_lanes(level, &s.x, &s.x);
+        // Vectors whose squared norm leaves the safe f32 range (norms below ~1e-15 or above
+        // ~1e15 would under/overflow in the steps below) are scaled by an exact power of two
+        // to norm ≈ 1 first; everything after is linear in x, so the stored scale (and
+        // residual norm) is scaled back exactly and the codes are those of the unit vector.
+        let mut unscale = [1.0f64; LANES];
+        if nsq[..m]
+            .iter()
+            .any(|&v| !(SAFE_NSQ_MIN..=SAFE_NSQ_MAX).contains(&v))
+        {
+            for l in 0..m {
+                if (SAFE_NSQ_MIN..=SAFE_NSQ_MAX).contains(&nsq[l]) {
+                    continue;
+                }
+                let norm64 =
+                    s.x.iter()
+                        .map(|c| f64::from(c[l]).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                if !norm64.is_finite() {
+                    return Err(Error::NonFinite("input holds NaN or Inf".into()));
+                }
+                if norm64 == 0.0 {
+                    continue;
+                }
+                let e = norm64.log2().round() as i32;
+                let up = 2f64.powi(-e);
+                for c in s.x.iter_mut() {
+                    c[l] = (f64::from(c[l]) * up) as f32;
+                }
+                unscale[l] = 2f64.powi(e);
+            }
+            nsq = lanes::dot_lanes(level, &s.x, &s.x);
+        }
         let norm = nsq.map(f32::sqrt);
         if norm[..m].iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(
-                "input holds NaN or Inf (or a vector whose squared norm overflows float32)".into(),
-            ));
+            return Err(Error::NonFinite("input holds NaN or Inf".into()));
         }
         self.rotation.apply_lanes_at(level, &mut s.x, &mut s.perm);
         let inv = norm.map(|v| if v > 0.0 { 1.0 / v } else { 0.0 });
@@ -476,14 +525,24 @@ impl Quantizer {
                 }
             };
         }
-        scales_out.copy_from_slice(&scale[..m]);
+        let back = |v: f32, l: usize| (f64::from(v) * unscale[l]) as f32;
+        for l in 0..m {
+            scales_out[l] = back(scale[l], l);
+        }
+        if scales_out.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(
+                "a vector's norm exceeds the float32 range of the stored scale".into(),
+            ));
+        }
         pack_block(level, &s.codes, m, cb.bits(), codes_out);
         let Some(qjl) = &self.qjl else {
             return Ok(());
         };
         lanes::residual_lanes(level, &s.x, &s.values, &scale, &mut s.resid);
         let rsq = lanes::dot_lanes(level, &s.resid, &s.resid);
-        rnorms_out.copy_from_slice(&rsq.map(f32::sqrt)[..m]);
+        for l in 0..m {
+            rnorms_out[l] = back(rsq[l].sqrt(), l);
+        }
         qjl.apply_lanes_at(level, &mut s.resid, &mut s.perm);
         for (c, r) in s.codes.iter_mut().zip(&s.resid) {
             for l in 0..LANES {

@@ -359,7 +359,7 @@ fn filters_apply_inside_the_scan() {
     ] {
         let got = index.search(q, 10, &filter).unwrap();
         for qi in 0..3 {
-            let want: Vec<u64> = full.ids[qi * 1500..(qi + 1) * 1500]
+            let want: Vec<u64> = full.ids[qi * full.k..(qi + 1) * full.k]
                 .iter()
                 .copied()
                 .filter(|&i| i != NO_ID && ok(i))
@@ -417,8 +417,19 @@ fn bad_input_is_an_error_not_a_panic() {
         }
     )
     .is_err());
+    // k is capped by the live vectors: an empty index gives empty rows, a huge k costs nothing
     let empty = index.search(&[1.0; 8], 3, &Filter::All).unwrap();
-    assert_eq!(empty.ids, vec![NO_ID; 3]);
+    assert_eq!((empty.k, empty.ids.len()), (0, 0));
+    let mut small = Index::new(8, IndexOptions::default()).unwrap();
+    small.add(&[0.5; 24]).unwrap();
+    for k in [4, 1 << 40, usize::MAX] {
+        let r = small.search(&[1.0; 16], k, &Filter::All).unwrap();
+        assert_eq!((r.nq, r.k, r.ids.len()), (2, 3, 6));
+    }
+    let r = small
+        .search(&[1.0; 8], usize::MAX, &Filter::Ids(&[1]))
+        .unwrap();
+    assert_eq!(r.ids, vec![1, NO_ID, NO_ID]);
     assert!(index
         .search(&[1.0; 8], 0, &Filter::All)
         .unwrap()
@@ -530,10 +541,10 @@ fn the_centre_is_fixed_once_and_survives_save_load() {
     small.add(&x[..5 * d]).unwrap();
     small.add(&x).unwrap();
     assert_eq!(small.center(), None);
-    // a failed first add (squared norms overflow) leaves the index, centre included, untouched
+    // a failed first add (norms beyond float32) leaves the index, centre included, untouched
     let mut failed = Index::new(d, IndexOptions::default()).unwrap();
     let huge: Vec<f32> = (0..600 * d)
-        .map(|i| if (i / d) % 2 == 0 { 1e30 } else { -1e30 })
+        .map(|i| if (i / d) % 2 == 0 { 3e38 } else { -3e38 })
         .collect();
     assert!(failed.add(&huge).is_err());
     assert_eq!((failed.len(), failed.center()), (0, None));

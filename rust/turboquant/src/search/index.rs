@@ -314,6 +314,11 @@ impl Index {
         if n == 0 {
             return Ok(());
         }
+        // A mapped index is copied to memory first (checking the file), before anything changes.
+        self.codes.to_mut()?;
+        if self.rerank {
+            self.originals.to_mut()?;
+        }
         let normalized;
         let x = if self.metric == Metric::Cosine {
             normalized = normalize_rows(vectors, d);
@@ -323,6 +328,15 @@ impl Index {
         };
         if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("vectors hold {bad}")));
+        }
+        if self.rerank {
+            if let Some(big) = x.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+                // the fp16 original would be ±inf and every re-ranked score NaN or ±inf
+                return Err(Error::InvalidParameter(format!(
+                    "rerank keeps fp16 originals, which cannot hold {big} (|x| ≤ 65504): \
+                     scale the vectors or use rerank=false"
+                )));
+            }
         }
         let first = self.ids.slots();
         if u32::try_from(first + n).is_err() {
@@ -350,12 +364,17 @@ impl Index {
             scales.extend_from_slice(&batch.scales);
             self.biases_of(center.vector(), rows, input, &mut biases);
         }
+        if biases.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(
+                "a vector's squared norm (or its product with the centre) overflows float32".into(),
+            ));
+        }
         self.center = center;
-        self.write_codes(first, &codes);
+        self.write_codes(first, &codes)?;
         self.scales.extend_from_slice(&scales);
         self.biases.extend_from_slice(&biases);
         if self.rerank {
-            let o = self.originals.to_mut();
+            let o = self.originals.to_mut()?;
             o.reserve(2 * x.len());
             o.extend(x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
         }
@@ -394,12 +413,12 @@ impl Index {
     }
 
     /// Writes canonical packed rows for slots `first..` into the blocked layout.
-    fn write_codes(&mut self, first: usize, rows: &[u8]) {
+    fn write_codes(&mut self, first: usize, rows: &[u8]) -> Result<()> {
         let rb = self.quantizer.code_bytes();
         let bb = self.layout.block_bytes();
         let total = first + rows.len() / rb;
         let layout = self.layout;
-        let codes = self.codes.to_mut();
+        let codes = self.codes.to_mut()?;
         codes.resize(total.div_ceil(BLOCK) * bb, 0);
         let first_block = first / BLOCK;
         parallel::install(|| {
@@ -414,6 +433,14 @@ impl Index {
                     }
                 })
         });
+        Ok(())
+    }
+
+    /// Fails with [`Error::Corrupt`] if the file the codes are mapped from changed on disk
+    /// (see [`super::storage`]); nothing to check for an index in memory.
+    pub fn verify_mapping(&self) -> Result<()> {
+        self.codes.verify()?;
+        self.originals.verify()
     }
 
     /// Removes the given ids (unknown ids are ignored) and returns how many were removed.
@@ -434,11 +461,45 @@ impl Index {
         )
     }
 
-    /// The `params.k` best vectors for each row-major query.
+    /// The `params.k` best vectors for each row-major query. `k` is capped by the number of
+    /// live vectors: the results have `min(k, len())` columns (positions a filter leaves
+    /// without a match hold [`NO_ID`]).
     pub fn search_with(&self, queries: &[f32], params: &SearchParams<'_>) -> Result<SearchResults> {
         let nq = self.rows(queries.len(), "queries")?;
         if let Some(bad) = queries.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("query holds {bad}")));
+        }
+        self.verify_mapping()?;
+        // More results than live vectors cannot exist: `k` is capped before anything is
+        // allocated (a huge `k` costs nothing).
+        let capped;
+        let params = if params.k > self.len() {
+            capped = SearchParams {
+                k: self.len(),
+                ..*params
+            };
+            &capped
+        } else {
+            params
+        };
+        // Results and candidate heaps are sized by nq × k: refuse what cannot be allocated
+        // (an error, where an allocation failure would abort the process).
+        let k = params.k;
+        let keep = k
+            .saturating_mul(RERANK_FACTOR.max(REFINE_FACTOR))
+            .min(self.ids.slots());
+        let need = nq.saturating_mul(k).saturating_mul(12).saturating_add(
+            nq.saturating_mul(keep)
+                .saturating_mul(2 * std::mem::size_of::<Hit>()),
+        );
+        if need > 1 << 30 {
+            let mut probe: Vec<u8> = Vec::new();
+            probe.try_reserve_exact(need).map_err(|_| {
+                Error::InvalidParameter(format!(
+                    "{nq} queries with k = {k} need {need} bytes of results and candidates, \
+                     more than can be allocated: search fewer queries at a time or a smaller k"
+                ))
+            })?;
         }
         // A hand-off to the pool costs tens of microseconds: small searches (and a one-thread
         // setting) run on the calling thread; fewer than two queries per thread (and at most
@@ -484,7 +545,8 @@ impl Index {
             k.saturating_mul(REFINE_FACTOR)
         } else {
             k
-        };
+        }
+        .min(n);
         let queries: Cow<'_, [f32]> = if self.metric == Metric::Cosine {
             Cow::Owned(normalize_rows(queries, d))
         } else {
@@ -673,10 +735,16 @@ fn normalize_rows(x: &[f32], d: usize) -> Vec<f32> {
     let level = active_level();
     let mut out = x.to_vec();
     for row in out.chunks_exact_mut(d) {
-        let n = kernels::sum_squares(level, row).sqrt();
-        if n > 0.0 {
-            let inv = 1.0 / n;
+        let nsq = kernels::sum_squares(level, row);
+        if (1e-30..=1e30).contains(&nsq) {
+            let inv = 1.0 / nsq.sqrt();
             row.iter_mut().for_each(|v| *v *= inv);
+        } else {
+            // tiny (1e-25) and huge (1e20) norms, whose squares leave the f32 range
+            let n = crate::quantizer::robust_norm(level, row);
+            if n > 0.0 && n.is_finite() {
+                row.iter_mut().for_each(|v| *v = (f64::from(*v) / n) as f32);
+            }
         }
     }
     out

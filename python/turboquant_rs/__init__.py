@@ -22,7 +22,9 @@ from .compat import ModelKVInfo, compress_model_kv, detect_model_kv_info, extrac
 from .core import MSEQuantizedOutput, TurboQuant, TurboQuantMSE, TurboQuantOutput
 from .hadamard import RandomizedHadamardTransform, fwht
 from .kv_cache import CompressedKV, KVLayerStore, TurboQuantKVCache, packed_attention
+from .outliers import OutlierSplit, detect_outlier_channels, merge_outliers, split_outliers
 from .qjl import QJL, QJLOutput, pack_bits, unpack_bits
+from .rope import apply_rope, compute_rope_frequencies
 from .vector_search import TurboQuantIndex
 
 __version__ = _native.__version__
@@ -87,5 +89,11 @@ __all__ = [
     "compress_model_kv",
     "detect_model_kv_info",
     "extract_kv",
+    "OutlierSplit",
+    "detect_outlier_channels",
+    "split_outliers",
+    "merge_outliers",
+    "compute_rope_frequencies",
+    "apply_rope",
     *sorted(_HF_NAMES),
 ]

@@ -174,7 +174,8 @@ class TurboQuantLayer(CacheLayerMixin):
 
     # -- CacheLayerMixin ---------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Create the store from the first tensors' shape (checked against the config)."""
+        """Create the store from the first tensors' shape (checked against the config; under tensor
+        parallelism a rank's even share of the configured KV heads is accepted, see `_tp_shard`)."""
         b, h, _, d = key_states.shape
         if value_states.shape[0] != b or value_states.shape[1] != h or value_states.shape[-1] != d:
             raise ValueError(
@@ -187,7 +188,7 @@ class TurboQuantLayer(CacheLayerMixin):
                 f"layer {self.layer_idx}: keys have head_dim {d} but the cache was built for head_dim "
                 f"{self.head_dim} (a cache reused across models, or a config that does not match)"
             )
-        if self.num_kv_heads is not None and h != self.num_kv_heads:
+        if self.num_kv_heads is not None and h != self.num_kv_heads and not _tp_shard(self.num_kv_heads, h):
             raise ValueError(
                 f"layer {self.layer_idx}: keys have {h} KV heads but the cache was built for "
                 f"{self.num_kv_heads} (a cache reused across models, or a config that does not match)"
@@ -630,6 +631,23 @@ def _hybrid_class(attention: type[TurboQuantLayer]) -> type[TurboQuantLayer] | N
 TurboQuantHybridLayer = _hybrid_class(TurboQuantLayer)
 #: Hybrid (state + sliding attention) layer class.
 TurboQuantSlidingHybridLayer = _hybrid_class(TurboQuantSlidingLayer)
+
+
+def _tp_shard(configured: int, received: int) -> bool:
+    """True when ``received`` KV heads are one tensor-parallel rank's share of the ``configured`` ones.
+
+    Under transformers' tensor parallelism (``tp_plan="auto"`` under torchrun) k_proj / v_proj are
+    split column-wise, so each rank's attention sees ``num_key_value_heads / tp`` heads while the
+    config keeps the global count. The layer then sizes its store from the heads it receives: each
+    rank quantizes and attends over its own heads (the rotations depend on head_dim and seed only, so
+    a rank's codes are the single-process codes of those heads) and nothing is gathered.
+    """
+    if received < 1 or received >= configured or configured % received:
+        return False
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size() % (configured // received) == 0
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:

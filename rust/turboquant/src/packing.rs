@@ -148,11 +148,12 @@ fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8;
             let width = (nb - 16 * t).min(16);
             let mut tile = [[0u8; 16]; 16];
             for (l, row) in tile.iter_mut().enumerate().take(m) {
-                let src = &packed[l * rb + at..l * rb + at + width];
+                let start = l * rb + at;
                 if width == 16 {
-                    row.copy_from_slice(src);
+                    // a constant length: a 16-byte move, not a call to memcpy
+                    row.copy_from_slice(&packed[start..start + 16]);
                 } else {
-                    row[..width].copy_from_slice(src);
+                    row[..width].copy_from_slice(&packed[start..start + width]);
                 }
             }
             dst.copy_from_slice(&transpose16_u8(&tile));

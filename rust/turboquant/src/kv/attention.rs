@@ -46,7 +46,8 @@ struct Task {
     t1: usize,
 }
 
-/// A task's result: softmax state and rotated-domain value sums (per value part) of its rows.
+/// A task's result: softmax state and rotated-domain value sums (per value part, coordinate-major
+/// with the task's rows adjacent: `acc[p][j·rows + r]`) of its rows.
 struct Partial {
     states: Vec<RowState>,
     acc: Vec<Vec<Lanes>>,
@@ -368,12 +369,9 @@ impl KvStore {
                 cap,
                 &mut s.factors[..n],
             );
-            for (r, &f) in s.factors[..n].iter().enumerate() {
-                if f != 1.0 {
-                    for (a, q) in acc.iter_mut().zip(&self.value.parts) {
-                        let dp = q.dim();
-                        kernels::scale_rows(level, &mut a[r * dp..(r + 1) * dp], f);
-                    }
+            if s.factors[..n].iter().any(|&f| f != 1.0) {
+                for a in acc.iter_mut() {
+                    kernels::scale_rows(level, a, &s.factors[..n]);
                 }
             }
             if s.scores[..n].iter().any(|w| w.iter().any(|&v| v != 0.0)) {
@@ -438,8 +436,7 @@ impl KvStore {
                     let f = kernels::exp(st.max - max);
                     sum += f * st.sum;
                     for (po, a) in part_out.iter_mut().zip(&pt.acc) {
-                        let dp = po.len();
-                        for (o, lane) in po.iter_mut().zip(&a[r * dp..(r + 1) * dp]) {
+                        for (o, lane) in po.iter_mut().zip(a.iter().skip(r).step_by(n)) {
                             let mut v = 0.0f32;
                             for &x in lane {
                                 v += x;

@@ -49,14 +49,15 @@ multiversion! {
     }
 }
 
-/// `acc[r·d + j] += w[r] · block[j]` for `N` rows.
+/// `acc[j·N + r] += w[r] · block[j]` for `N` rows (row-interleaved accumulators: the `N` rows of
+/// one coordinate are adjacent, so the loads and stores of a coordinate hit one cache line run
+/// and never alias each other at a 4 KiB stride).
 #[inline(always)]
 fn accumulate_n<const N: usize>(block: &[Lanes], w: &[Lanes], acc: &mut [Lanes]) {
-    let d = block.len();
     let w: [Lanes; N] = std::array::from_fn(|r| w[r]);
     for (j, col) in block.iter().enumerate() {
         for (r, wr) in w.iter().enumerate() {
-            let a = &mut acc[r * d + j];
+            let a = &mut acc[j * N + r];
             for l in 0..LANES {
                 a[l] = wr[l].mul_add(col[l], a[l]);
             }
@@ -65,7 +66,8 @@ fn accumulate_n<const N: usize>(block: &[Lanes], w: &[Lanes], acc: &mut [Lanes])
 }
 
 multiversion! {
-    /// `acc[r·d + j] += w[r] ⊙ block[j]` for the `w.len() ≤ MAX_ROWS` rows (`d = block.len()`).
+    /// `acc[j·n + r] += w[r] ⊙ block[j]` for the `n = w.len() ≤ MAX_ROWS` rows (`acc` holds
+    /// `block.len() × n` lanes, the rows of a coordinate adjacent).
     pub fn accumulate_rows(block: &[Lanes], w: &[Lanes], acc: &mut [Lanes]) {
         match w.len() {
             1 => accumulate_n::<1>(block, w, acc),
@@ -81,11 +83,14 @@ multiversion! {
 }
 
 multiversion! {
-    /// `acc[i] *= f` for every lane of every row.
-    pub fn scale_rows(acc: &mut [Lanes], f: f32) {
-        for a in acc.iter_mut() {
-            for v in a.iter_mut() {
-                *v *= f;
+    /// `acc[j·n + r] *= f[r]` for every coordinate `j` of the row-interleaved accumulators of
+    /// the `n = f.len()` rows (a factor of 1 leaves its row exactly as it was).
+    pub fn scale_rows(acc: &mut [Lanes], f: &[f32]) {
+        for a in acc.chunks_exact_mut(f.len()) {
+            for (ar, &fr) in a.iter_mut().zip(f) {
+                for v in ar.iter_mut() {
+                    *v *= fr;
+                }
             }
         }
     }

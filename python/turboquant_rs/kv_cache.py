@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import is_torch, kind_of, to_kind
+from ._convert import as_int, is_torch, kind_of, to_kind
 from ._native import TurboQuantError
 
 #: Bytes per coordinate of the fp16 baseline that memory ratios are measured against.
@@ -155,6 +155,12 @@ class KVLayerStore:
         Bad input (shape, batch, NaN/Inf) raises ``ValueError`` and leaves the store unchanged."""
         k = _float_array(keys, "keys", 4)
         v = _float_array(values, "values", 4)
+        if self._sink_k is not None and k.shape[0] != self._sink_k.shape[0]:
+            # the codes may still be empty (only sink tokens stored): they would take any batch
+            raise TurboQuantError(
+                f"shape mismatch: the store holds {self._sink_k.shape[0]} batch rows, "
+                f"the new tokens have {k.shape[0]}"
+            )
         need = self.sink_tokens - self._sink_len
         if need <= 0 or k.shape[2] == 0:
             self._native.append(k, v)
@@ -182,10 +188,12 @@ class KVLayerStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Attention of ``query`` (B, Hq, Q, D) over the stored tokens ``[lo[b, i], hi[b, i])``.
 
-        Returns float32 numpy ``out`` (B, Hq, Q, D), normalised over those tokens (0 where the
-        range is empty), and the log-sum-exp ``lse`` (B, Hq, Q) (``-inf`` where empty).
+        Ranges are clamped to the stored tokens. Returns float32 numpy ``out`` (B, Hq, Q, D),
+        normalised over those tokens (0 where the range is empty), and the log-sum-exp ``lse``
+        (B, Hq, Q) (``-inf`` where empty).
         """
         q = _float_array(query, "query", 4)
+        _check_attend_args(q, scaling, softcap)
         sc = None if softcap is None else float(softcap)
         lo_a = np.ascontiguousarray(np.asarray(lo, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
         hi_a = np.ascontiguousarray(np.asarray(hi, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
@@ -194,8 +202,8 @@ class KVLayerStore:
             return self._native.attend(q, lo_a, hi_a, float(scaling), sc)
         if q.shape[0] != self.batch_size:
             raise TurboQuantError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
-        if np.any(lo_a < 0) or np.any(hi_a > self.seq_len):
-            raise TurboQuantError(f"token ranges must lie in [0, {self.seq_len}]")
+        # ranges are clamped to the stored tokens, as the codes' attend does (a sliding window
+        # wider than the context starts before token 0)
         pos = np.arange(s)
         allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
         out, lse = _exact_part(q, self._sink_k, self._sink_v, allowed, float(scaling), sc)  # type: ignore[arg-type]
@@ -259,6 +267,16 @@ class KVLayerStore:
         new._sink_k = None if self._sink_k is None else self._sink_k.copy()
         new._sink_v = None if self._sink_v is None else self._sink_v.copy()
         return new
+
+
+def _check_attend_args(q: np.ndarray, scaling: float, softcap: float | None) -> None:
+    """The checks the codes' attend makes, for the parts computed here (sink tokens, window)."""
+    if not np.isfinite(q).all():
+        raise TurboQuantError("query must be finite (NaN or Inf found)")
+    if not (math.isfinite(float(scaling)) and float(scaling) > 0):
+        raise TurboQuantError(f"scaling must be positive and finite, got {scaling}")
+    if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0):
+        raise TurboQuantError(f"softcap must be positive and finite, got {softcap}")
 
 
 def _exact_part(
@@ -354,6 +372,7 @@ def packed_attention(
     if ql > total:
         raise TurboQuantError(f"{ql} queries but only {total} keys: queries are the last positions")
     scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
+    _check_attend_args(q, scale, softcap)
     if sliding_window is not None and int(sliding_window) < 1:
         raise TurboQuantError(f"sliding_window must be positive, got {sliding_window}")
     pos = np.arange(total - ql, total, dtype=np.int64)  # query positions
@@ -441,6 +460,15 @@ def _concat(a: Any, b: Any) -> Any:
     return np.concatenate([a, np.asarray(b, dtype=a.dtype)], axis=2)
 
 
+def _check_finite(keys: Any, values: Any) -> None:
+    if is_torch(keys):
+        ok = bool(keys.isfinite().all()) and bool(values.isfinite().all())
+    else:
+        ok = bool(np.isfinite(keys).all() and np.isfinite(values).all())
+    if not ok:
+        raise TurboQuantError("keys and values must be finite (NaN or Inf found)")
+
+
 def _same_kind(x: Any, kind: str, name: str) -> Any:
     if kind_of(x) != kind:
         raise TypeError(f"{name} is {kind_of(x)}, the cache holds {kind} tensors")
@@ -492,7 +520,7 @@ class TurboQuantKVCache:
             raise TurboQuantError(f"outlier_method must be 'magnitude', got {outlier_method!r}")
         if isinstance(residual_length, bool) or not isinstance(residual_length, int) or residual_length < 0:
             raise TurboQuantError(f"residual_length must be a non-negative integer, got {residual_length!r}")
-        self.head_dim = int(head_dim)
+        self.head_dim = as_int(head_dim, "head_dim", 1)
         self.bit_width = _bits(bit_width, "bit_width")
         self.key_bit_width = (
             self.bit_width if key_bit_width is None else _bits(key_bit_width, "key_bit_width")
@@ -501,12 +529,12 @@ class TurboQuantKVCache:
             self.bit_width if value_bit_width is None else _bits(value_bit_width, "value_bit_width")
         )
         self.residual_length = residual_length
-        self.n_outlier_channels = int(n_outlier_channels)
-        self.value_outlier_channels = int(value_outlier_channels)
+        self.n_outlier_channels = as_int(n_outlier_channels, "n_outlier_channels", 0)
+        self.value_outlier_channels = as_int(value_outlier_channels, "value_outlier_channels", 0)
         self.outlier_bits = outlier_bits
         self.center = bool(center)
-        self.n_sink_tokens = int(n_sink_tokens)
-        self.seed = int(seed)
+        self.n_sink_tokens = as_int(n_sink_tokens, "n_sink_tokens", 0)
+        self.seed = as_int(seed, "seed", 0)
         self.pre_rope = False
         self.outlier_method = outlier_method
         # validates every setting once (head_dim, outliers, bits)
@@ -572,6 +600,13 @@ class TurboQuantKVCache:
 
     def _check_kv(self, keys: Any, values: Any) -> tuple[int, int, int]:
         for name, x in (("keys", keys), ("values", values)):
+            if is_torch(x):
+                if x.device.type != "cpu":
+                    raise TurboQuantError(f"{name} is on {x.device}; the CPU engine takes CPU tensors")
+                if not x.is_floating_point():
+                    raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+            elif np.asarray(x).dtype.kind != "f":
+                raise TypeError(f"{name} must be a float array, got dtype {np.asarray(x).dtype}")
             shape = tuple(x.shape)
             if len(shape) != 4 or shape[-1] != self.head_dim:
                 raise TurboQuantError(
@@ -584,6 +619,8 @@ class TurboQuantKVCache:
         if kind_of(keys) != kind_of(values):
             raise TypeError("keys and values must both be numpy arrays or both torch tensors")
         b, h, s, _ = (int(v) for v in keys.shape)
+        if b < 1 or h < 1:
+            raise TurboQuantError(f"keys need at least one batch row and one head, got {tuple(keys.shape)}")
         return b, h, s
 
     def compress(self, keys: Any, values: Any) -> CompressedKV:
@@ -595,14 +632,11 @@ class TurboQuantKVCache:
         if cut > 0:
             store.append(keys[:, :, :cut], values[:, :, :cut])
         rk, rv = keys[:, :, cut:], values[:, :, cut:]
+        _check_finite(rk, rv)
         if is_torch(rk):
             rk, rv = rk.detach().clone(), rv.detach().clone()
-            if not bool(rk.isfinite().all()) or not bool(rv.isfinite().all()):
-                raise TurboQuantError("keys and values must be finite (NaN or Inf found)")
         else:
             rk, rv = np.array(rk), np.array(rv)
-            if rk.dtype.kind != "f" or not (np.isfinite(rk).all() and np.isfinite(rv).all()):
-                raise TurboQuantError("keys and values must be finite float arrays")
         return CompressedKV(
             store, rk, rv, b, h, s, self.head_dim, kind_of(keys), keys.dtype, store.settings()
         )
@@ -610,9 +644,10 @@ class TurboQuantKVCache:
     def _check_compressed(self, c: Any) -> CompressedKV:
         if not isinstance(c, CompressedKV):
             raise TypeError(f"expected a CompressedKV, got {type(c).__name__}")
-        if c.settings[2:] != self._new_store(c.num_heads).settings()[2:]:
+        if c.settings != self._new_store(c.num_heads).settings():
             raise TurboQuantError(
-                "this CompressedKV was made by a cache with other settings (bits, outliers, seed)"
+                "this CompressedKV was made by a cache with other settings "
+                "(head_dim, bits, outliers, seed, sink tokens)"
             )
         return c
 
@@ -626,6 +661,7 @@ class TurboQuantKVCache:
                 f"new tokens are for batch {b} × {h} heads; the cache holds {c.batch_size} × {c.num_heads}"
             )
         _same_kind(keys, c.kind, "keys")
+        _check_finite(keys, values)
         rk, rv = _concat(c.residual_keys, keys), _concat(c.residual_values, values)
         over = int(rk.shape[2]) - self.residual_length
         if over > 0:
@@ -687,7 +723,7 @@ class TurboQuantKVCache:
             return window
         part = c.store.decompress()[which]
         return (
-            _concat(to_kind(part, c.kind), window)
+            _concat(to_kind(part, c.kind).to(c.dtype), window)
             if c.kind == "torch"
             else _concat(part.astype(c.dtype), window)
         )

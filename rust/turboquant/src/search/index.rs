@@ -5,7 +5,7 @@ use super::fastscan::queries_per_pass;
 use super::filter::{allowed_slots, Filter};
 use super::ids::IdMap;
 use super::layout::{Layout, QueryTables, BLOCK};
-use super::scan::Scan;
+use super::scan::{Scan, StoredCodes};
 use super::storage::Bytes;
 use super::topk::{Hit, TopK};
 use crate::error::{Error, Result};
@@ -574,7 +574,7 @@ impl Index {
         };
         let tables = self.query_tables(&scored, level, inline);
         let scan = Scan {
-            index: self,
+            stored: self.stored_codes(),
             tables: &tables,
             allowed: allowed.as_deref(),
             level,
@@ -635,6 +635,20 @@ impl Index {
             }
         }
         out
+    }
+
+    /// The read-only view of the stored codes that a scan reads.
+    fn stored_codes(&self) -> StoredCodes<'_> {
+        StoredCodes {
+            layout: &self.layout,
+            codes: self.codes.as_slice(),
+            scales: &self.scales,
+            biases: &self.biases,
+            slots: self.ids.slots(),
+            dim: self.quantizer.dim(),
+            centroids: self.quantizer.codebook().centroids(),
+            bits: self.quantizer.bits(),
+        }
     }
 
     /// Lookup tables of each (row-major) query, rotated once (inside the thread pool).

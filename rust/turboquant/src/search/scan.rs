@@ -2,7 +2,6 @@
 
 use super::fastscan::{block_keys_multi, queries_per_pass, BlockKeys, MULTI};
 use super::filter::block_bits;
-use super::index::Index;
 use super::layout::{Layout, QueryTables, BLOCK};
 use super::score::{keys_from_estimates, KeyQuery};
 use super::topk::{Hit, TopK};
@@ -14,10 +13,31 @@ use std::ops::Range;
 /// the tile's codes stay in L2 while every query's tables pass over them).
 const TILE_BLOCKS: usize = 16;
 
+/// A read-only view of stored codes: what a scan reads (it never sees the index that owns them).
+#[derive(Clone, Copy)]
+pub struct StoredCodes<'a> {
+    /// How the codes are laid out in blocks.
+    pub layout: &'a Layout,
+    /// Blocks of codes in `layout`.
+    pub codes: &'a [u8],
+    /// Per-slot stored scale.
+    pub scales: &'a [f32],
+    /// Per-slot exact key terms (empty when they are all zero).
+    pub biases: &'a [f32],
+    /// Slots in use (filled or removed).
+    pub slots: usize,
+    /// Coordinates per vector.
+    pub dim: usize,
+    /// The codebook's centroids (the reference path's float tables).
+    pub centroids: &'a [f32],
+    /// Bits per code.
+    pub bits: u8,
+}
+
 /// One search's shared, read-only state.
 pub struct Scan<'a> {
-    /// The index searched.
-    pub index: &'a Index,
+    /// The stored codes searched.
+    pub stored: StoredCodes<'a>,
     /// Per-query tables.
     pub tables: &'a [QueryTables],
     /// Allowed slots (`None`: all).
@@ -36,7 +56,7 @@ struct BlockView<'a> {
     mask: u32,
     codes: &'a [u8],
     scales: &'a [f32],
-    /// The slots' exact key terms ([`Index`]'s biases; empty when they are zero).
+    /// The slots' exact key terms (empty when they are zero).
     biases: &'a [f32],
 }
 
@@ -50,16 +70,16 @@ impl Scan<'_> {
     pub fn run(&self, queries: Range<usize>, blocks: Range<usize>, tops: &mut [TopK]) {
         let tables = &self.tables[queries];
         assert_eq!(tables.len(), tops.len(), "one selection per query");
-        if self.index.layout.group_bits() > 0 && !self.float_tables {
+        if self.stored.layout.group_bits() > 0 && !self.float_tables {
             self.run_kernels(tables, blocks, tops);
         } else {
             // The reference / rows path: one query at a time over the whole range.
             let mut est = [0.0f32; BLOCK];
             let mut keys = [0.0f32; BLOCK];
-            let mut codes = vec![0u8; self.index.dim()];
+            let st = &self.stored;
+            let mut codes = vec![0u8; st.dim];
             for (t, top) in tables.iter().zip(tops.iter_mut()) {
-                let q = &self.index.quantizer;
-                let float = t.float_tables(&self.index.layout, q.codebook().centroids(), q.bits());
+                let float = t.float_tables(st.layout, st.centroids, st.bits);
                 for view in blocks.clone().filter_map(|b| self.block(b)) {
                     self.estimate(&float, &view, &mut codes, &mut est);
                     let hits = keys_from_estimates(
@@ -82,9 +102,9 @@ impl Scan<'_> {
     /// start: a lower threshold only offers more hits to the top-k); otherwise blocks go one
     /// at a time and blocks without an allowed slot are skipped.
     fn run_kernels(&self, tables: &[QueryTables], blocks: Range<usize>, tops: &mut [TopK]) {
-        let ix = self.index;
-        let layout = &ix.layout;
-        let (bb, full_blocks) = (layout.block_bytes(), ix.ids.slots() / BLOCK);
+        let ix = &self.stored;
+        let layout = ix.layout;
+        let (bb, full_blocks) = (layout.block_bytes(), ix.slots / BLOCK);
         let mut keys = vec![[0.0f32; BLOCK]; TILE_BLOCKS * MULTI];
         let mut masks = [0u32; TILE_BLOCKS * MULTI];
         let mut params = [KeyQuery {
@@ -125,7 +145,7 @@ impl Scan<'_> {
                         keys: &mut keys[..nb * nq],
                         masks: &mut masks[..nb * nq],
                     };
-                    let codes = &ix.codes.as_slice()[tile.start * bb..tile.end * bb];
+                    let codes = &ix.codes[tile.start * bb..tile.end * bb];
                     block_keys_multi(self.level, layout, codes, luts, out);
                     for (i, b) in tile.clone().enumerate() {
                         let rows = masks[i * nq..].iter().zip(&keys[i * nq..]);
@@ -156,8 +176,8 @@ impl Scan<'_> {
 
     /// Block `b` if any of its slots is filled and allowed.
     fn block(&self, b: usize) -> Option<BlockView<'_>> {
-        let ix = self.index;
-        let n = ix.ids.slots();
+        let ix = &self.stored;
+        let n = ix.slots;
         let valid = if (b + 1) * BLOCK <= n {
             u32::MAX
         } else {
@@ -172,7 +192,7 @@ impl Scan<'_> {
         Some(BlockView {
             first_slot: b * BLOCK,
             mask,
-            codes: &ix.codes.as_slice()[b * bb..(b + 1) * bb],
+            codes: &ix.codes[b * bb..(b + 1) * bb],
             scales: &ix.scales[slots.clone()],
             biases: if ix.biases.is_empty() {
                 &[]
@@ -191,7 +211,7 @@ impl Scan<'_> {
         codes: &mut [u8],
         est: &mut [f32; BLOCK],
     ) {
-        let layout = &self.index.layout;
+        let layout = self.stored.layout;
         let size = 1usize << layout.group_bits();
         let mut m = view.mask;
         while m != 0 {

@@ -1,8 +1,10 @@
 //! Softmax attention read from the packed codes of a [`KvStore`] (see the [module doc](super)).
 //!
-//! Work is split into tasks of (stream, up to [`MAX_ROWS`] query rows, a chunk of tokens), run
-//! in parallel; each keeps an online-softmax state and value sums per row, and the chunks of a
-//! row are merged exactly at the end (split-KV, as flash-decoding does).
+//! Work is split into tasks of (stream, up to [`GROUP_ROWS`] query rows, a chunk of tokens), run
+//! in parallel; each decodes a block of tokens once for all of its rows (scored [`MAX_ROWS`] at a
+//! time; values turned token-major and summed with the rows' sums held in registers), keeps an
+//! online-softmax state and value sums per row, and the chunks of a row are merged exactly at
+//! the end (split-KV, as flash-decoding does).
 
 use super::kernels::{self, RowBounds, RowState, MAX_ROWS};
 use super::side::{SideCodec, SideStream};
@@ -32,6 +34,9 @@ pub struct AttendParams<'a> {
     pub softcap: Option<f32>,
 }
 
+/// Query rows of a stream that share one decode of each block (GQA group × q_len, tiled).
+const GROUP_ROWS: usize = 128;
+
 /// Tokens per task at least / at most (multiples of the 16-token block).
 const MIN_CHUNK: usize = 512;
 const MAX_CHUNK: usize = 16384;
@@ -46,11 +51,11 @@ struct Task {
     t1: usize,
 }
 
-/// A task's result: softmax state and rotated-domain value sums (per value part, coordinate-major
-/// with the task's rows adjacent: `acc[p][j·rows + r]`) of its rows.
+/// A task's result: softmax state and rotated-domain value sums (per value part, row-major:
+/// `acc[p][r·d_p + j]`) of its rows.
 struct Partial {
     states: Vec<RowState>,
-    acc: Vec<Vec<Lanes>>,
+    acc: Vec<Vec<f32>>,
 }
 
 /// The query side of one stream: rotated queries per key part, biases and token ranges per row.
@@ -67,6 +72,8 @@ struct StreamQueries {
 struct Scratch {
     codes: Vec<[u8; LANES]>,
     block: Vec<Lanes>,
+    /// The block's decoded value rows, token-major (`LANES × d_p`).
+    rows: Vec<f32>,
     scores: Vec<Lanes>,
     factors: Vec<f32>,
     bounds: Vec<RowBounds>,
@@ -77,9 +84,10 @@ impl Scratch {
         Scratch {
             codes: vec![[0; LANES]; d],
             block: vec![[0.0; LANES]; d],
-            scores: vec![[0.0; LANES]; MAX_ROWS],
-            factors: vec![1.0; MAX_ROWS],
-            bounds: Vec::with_capacity(MAX_ROWS),
+            rows: vec![0.0; LANES * d],
+            scores: vec![[0.0; LANES]; GROUP_ROWS],
+            factors: vec![1.0; GROUP_ROWS],
+            bounds: Vec::with_capacity(GROUP_ROWS),
         }
     }
 }
@@ -213,11 +221,11 @@ impl KvStore {
                 .map(|s| self.stream_queries(level, queries, p, s, g))
                 .collect()
         });
-        // Tasks: rows in tiles of MAX_ROWS, each tile's token union split into chunks.
+        // Tasks: rows in groups of GROUP_ROWS, each group's token union split into chunks.
         let mut spans = Vec::new();
         for (s, sq) in prepared.iter().enumerate() {
-            for row0 in (0..rows).step_by(MAX_ROWS) {
-                let n = MAX_ROWS.min(rows - row0);
+            for row0 in (0..rows).step_by(GROUP_ROWS) {
+                let n = GROUP_ROWS.min(rows - row0);
                 let tile = &sq.range[row0..row0 + n];
                 let t0 = tile.iter().filter(|r| r.0 < r.1).map(|r| r.0).min();
                 let t1 = tile.iter().filter(|r| r.0 < r.1).map(|r| r.1).max();
@@ -332,11 +340,11 @@ impl KvStore {
         let kstream = &self.keys[task.stream];
         let vstream = &self.values[task.stream];
         let mut states = vec![RowState::default(); n];
-        let mut acc: Vec<Vec<Lanes>> = self
+        let mut acc: Vec<Vec<f32>> = self
             .value
             .parts
             .iter()
-            .map(|q| vec![[0.0; LANES]; n * q.dim()])
+            .map(|q| vec![0.0; n * q.dim()])
             .collect();
         let mut t = task.t0;
         while t < task.t1 {
@@ -348,7 +356,11 @@ impl KvStore {
                 let dp = q.dim();
                 decode_part(level, &self.key, kstream, part, t, m, s);
                 let rq = &sq.rotated[part][task.row0 * dp..(task.row0 + n) * dp];
-                kernels::dot_rows(level, &s.block[..dp], rq, &mut s.scores[..n]);
+                for r0 in (0..n).step_by(MAX_ROWS) {
+                    let r1 = (r0 + MAX_ROWS).min(n);
+                    let (block, scores) = (&s.block[..dp], &mut s.scores[r0..r1]);
+                    kernels::dot_rows(level, block, &rq[r0 * dp..r1 * dp], scores);
+                }
             }
             s.bounds.clear();
             for r in task.row0..task.row0 + n {
@@ -378,7 +390,8 @@ impl KvStore {
                 for (part, a) in acc.iter_mut().enumerate() {
                     let dp = self.value.parts[part].dim();
                     decode_part(level, &self.value, vstream, part, t, m, s);
-                    kernels::accumulate_rows(level, &s.block[..dp], &s.scores[..n], a);
+                    lanes::store_rows(level, &s.block[..dp], dp, &mut s.rows[..LANES * dp]);
+                    kernels::accumulate_rows(level, &s.rows[..LANES * dp], &s.scores[..n], a);
                 }
             }
             t += m;
@@ -436,11 +449,8 @@ impl KvStore {
                     let f = kernels::exp(st.max - max);
                     sum += f * st.sum;
                     for (po, a) in part_out.iter_mut().zip(&pt.acc) {
-                        for (o, lane) in po.iter_mut().zip(a.iter().skip(r).step_by(n)) {
-                            let mut v = 0.0f32;
-                            for &x in lane {
-                                v += x;
-                            }
+                        let dp = po.len();
+                        for (o, &v) in po.iter_mut().zip(&a[r * dp..(r + 1) * dp]) {
                             *o += f * v;
                         }
                     }

@@ -49,48 +49,65 @@ multiversion! {
     }
 }
 
-/// `acc[j·N + r] += w[r] · block[j]` for `N` rows (row-interleaved accumulators: the `N` rows of
-/// one coordinate are adjacent, so the loads and stores of a coordinate hit one cache line run
-/// and never alias each other at a 4 KiB stride).
+/// Output coordinates of one row accumulated per pass (four AVX-512 registers).
+const ACC_CHUNK: usize = 64;
+
+/// `out[k] += Σ_l w[l] · rows[l·dim + c0 + k]` for `k < W`, the `W` sums held in registers
+/// across the block's tokens.
 #[inline(always)]
-fn accumulate_n<const N: usize>(block: &[Lanes], w: &[Lanes], acc: &mut [Lanes]) {
-    let w: [Lanes; N] = std::array::from_fn(|r| w[r]);
-    for (j, col) in block.iter().enumerate() {
-        for (r, wr) in w.iter().enumerate() {
-            let a = &mut acc[j * N + r];
-            for l in 0..LANES {
-                a[l] = wr[l].mul_add(col[l], a[l]);
+fn accumulate_chunk<const W: usize>(
+    rows: &[f32],
+    dim: usize,
+    c0: usize,
+    w: &Lanes,
+    out: &mut [f32],
+) {
+    let mut a = [0.0f32; W];
+    a.copy_from_slice(&out[c0..c0 + W]);
+    for (l, &wl) in w.iter().enumerate() {
+        let row = &rows[l * dim + c0..l * dim + c0 + W];
+        for k in 0..W {
+            a[k] = wl.mul_add(row[k], a[k]);
+        }
+    }
+    out[c0..c0 + W].copy_from_slice(&a);
+}
+
+multiversion! {
+    /// Weighted value sums of one block: `acc[r·dim + j] += Σ_l w[r][l] · rows[l·dim + j]` for
+    /// the `w.len()` rows, where `rows` holds the block's [`LANES`] decoded value rows
+    /// (token-major, `dim = rows.len() / LANES`) and `acc` the rows' sums (`w.len() × dim`).
+    pub fn accumulate_rows(rows: &[f32], w: &[Lanes], acc: &mut [f32]) {
+        let dim = rows.len() / LANES;
+        for (wr, out) in w.iter().zip(acc.chunks_exact_mut(dim)) {
+            let mut c0 = 0;
+            while c0 + ACC_CHUNK <= dim {
+                accumulate_chunk::<ACC_CHUNK>(rows, dim, c0, wr, out);
+                c0 += ACC_CHUNK;
+            }
+            while c0 + LANES <= dim {
+                accumulate_chunk::<LANES>(rows, dim, c0, wr, out);
+                c0 += LANES;
+            }
+            for k in c0..dim {
+                let mut a = out[k];
+                for (l, &wl) in wr.iter().enumerate() {
+                    a = wl.mul_add(rows[l * dim + k], a);
+                }
+                out[k] = a;
             }
         }
     }
 }
 
 multiversion! {
-    /// `acc[j·n + r] += w[r] ⊙ block[j]` for the `n = w.len() ≤ MAX_ROWS` rows (`acc` holds
-    /// `block.len() × n` lanes, the rows of a coordinate adjacent).
-    pub fn accumulate_rows(block: &[Lanes], w: &[Lanes], acc: &mut [Lanes]) {
-        match w.len() {
-            1 => accumulate_n::<1>(block, w, acc),
-            2 => accumulate_n::<2>(block, w, acc),
-            3 => accumulate_n::<3>(block, w, acc),
-            4 => accumulate_n::<4>(block, w, acc),
-            5 => accumulate_n::<5>(block, w, acc),
-            6 => accumulate_n::<6>(block, w, acc),
-            7 => accumulate_n::<7>(block, w, acc),
-            _ => accumulate_n::<8>(block, w, acc),
-        }
-    }
-}
-
-multiversion! {
-    /// `acc[j·n + r] *= f[r]` for every coordinate `j` of the row-interleaved accumulators of
-    /// the `n = f.len()` rows (a factor of 1 leaves its row exactly as it was).
-    pub fn scale_rows(acc: &mut [Lanes], f: &[f32]) {
-        for a in acc.chunks_exact_mut(f.len()) {
-            for (ar, &fr) in a.iter_mut().zip(f) {
-                for v in ar.iter_mut() {
-                    *v *= fr;
-                }
+    /// `acc[r·dim + j] *= f[r]` for the `n = f.len()` rows of `dim = acc.len() / n` sums (a
+    /// factor of 1 leaves its row exactly as it was).
+    pub fn scale_rows(acc: &mut [f32], f: &[f32]) {
+        let dim = acc.len() / f.len().max(1);
+        for (row, &fr) in acc.chunks_exact_mut(dim.max(1)).zip(f) {
+            for v in row.iter_mut() {
+                *v *= fr;
             }
         }
     }

@@ -143,6 +143,7 @@ def distortion_table(v: Vectors, out: Printer, quiet: bool) -> dict[int, float]:
     rows, measured = [], {}
     for bits in (1, 2, 3, 4):
         q = TurboQuant(d, bits)
+        q.quantize(x[:32])  # warm-up: the first call builds the codebook and the rotation
         t = time.perf_counter()
         o = q.quantize(x)
         rate = n / max(time.perf_counter() - t, 1e-9)

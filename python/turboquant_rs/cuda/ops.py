@@ -387,7 +387,7 @@ def decode_attention(
     if impl not in ("auto", "tc", "tc2", "simt"):
         raise ValueError("impl must be 'auto', 'tc', 'tc2' or 'simt'")
     if impl == "auto":
-        # measured on an H100 (benches/GPU_RESULTS_DRAFT.md): tensor cores win on short caches,
+        # measured on an H100 (benches/RESULTS.md, GPU section): tensor cores win on short caches,
         # the f32-FMA kernel from B*Hkv*S of about 2M tokens on
         big = kv.batch * kv.kv_heads * kv.max_length >= 2 * 1024 * 1024
         impl = "tc" if (D % 16 == 0 and not big) else "simt"

@@ -109,7 +109,8 @@ def _codes_roundtrip(head_dim: int, bits: int, center: bool, sink: int) -> Calla
 
     The same quantizer and the same stream (mean from the first chunk) as `TurboQuantCache`,
     read back dequantized (attention from the codes equals attention on these to 1e-4), with
-    options the cache does not have yet: ``sink`` first tokens kept exact, centring off.
+    an option the cache does not have: centring off (``center=False``), with the ``sink`` first
+    tokens kept exact as the cache does.
     """
     from turboquant_rs.kv_cache import KVLayerStore
 
@@ -197,12 +198,20 @@ def _arg(model: Any) -> str:
 # perplexity and teacher-forced agreement
 
 
-def ppl_windows(n_tokens: int) -> list[Any]:
-    """``n_tokens // 1024`` windows of 1,024 tokens spread evenly over the Canterbury text."""
-    ids = kv_data.canterbury_ids()
+def ppl_windows(n_tokens: int, model: Any) -> list[Any]:
+    """``n_tokens // 1024`` windows of 1,024 tokens spread evenly over the Canterbury text.
+
+    Gemma-3 windows start with its BOS token (the model is trained with one; without it the
+    perplexity is not meaningful), followed by 1,023 text tokens."""
+    name = kv_data.model_name(model)
+    ids = kv_data.canterbury_ids(model=name)
     n = max(1, n_tokens // WINDOW)
     step = (ids.numel() - WINDOW) // n
-    return [ids[i * step : i * step + WINDOW] for i in range(n)]
+    windows = [ids[i * step : i * step + WINDOW] for i in range(n)]
+    if name == "gemma3":
+        bos = torch.tensor([model.config.bos_token_id], dtype=ids.dtype)
+        windows = [torch.cat([bos, w[:-1]]) for w in windows]
+    return windows
 
 
 @dataclass
@@ -239,11 +248,14 @@ def eval_ppl(spec: Spec, model: Any, tok: Any, windows: list[Any]) -> PplResult:
     )
 
 
-def ppl_specs(residual: int, quick: bool) -> list[Spec]:
-    """The configurations of the perplexity table."""
-    half = 32  # head_dim 64 / 2
+def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
+    """The configurations of the perplexity table (outlier splits at half of ``head_dim``)."""
+    half = head_dim // 2
     specs = [Spec("DynamicCache (fp32)", "dynamic")]
-    specs += [Spec(f"ours {b}/{b}", "ours", b, residual) for b in (4, 3, 2)]
+    specs += [Spec(f"ours {b}/{b} (default: first token exact)", "ours", b, residual) for b in (4, 3, 2)]
+    specs += [
+        Spec(f"ours {b}/{b}, sink_tokens=0", "ours", b, residual, {"sink_tokens": 0}) for b in (4, 3, 2)
+    ]
     specs += [
         Spec(
             "ours 2.5/2.5 (outlier split K+V)",
@@ -281,8 +293,14 @@ def ppl_specs(residual: int, quick: bool) -> list[Spec]:
     ]
     if residual == 0:
         specs += [
-            Spec(f"ours' codes {b}/{b}, first token exact (proposed)", "codes", b, 0, {"sink": 1})
-            for b in (4, 3, 2)
+            Spec(
+                f"ours' codes {b}/{b}, first token exact, keys and values not centred",
+                "codes",
+                b,
+                0,
+                {"sink": 1, "center": False},
+            )
+            for b in (4, 3)
         ]
         specs += [
             Spec("turboquant-torch 0.4.0 4 (QJL keys, default)", "tqtorch", 4, 0),
@@ -297,8 +315,8 @@ def ppl_specs(residual: int, quick: bool) -> list[Spec]:
 
 def part_ppl(model: Any, tok: Any, args: Any, residual: int) -> None:
     """Perplexity and teacher-forced agreement table."""
-    windows = ppl_windows(args.tokens)
-    specs = ppl_specs(residual, args.quick)
+    windows = ppl_windows(args.tokens, model)
+    specs = ppl_specs(residual, args.quick, model.config.head_dim)
     if args.filter:
         specs = [s for s in specs if s.kind == "dynamic" or any(f in s.name for f in args.filter.split("|"))]
     print(
@@ -385,7 +403,7 @@ def small_specs(quick: bool) -> list[Spec]:
 
 def part_greedy(model: Any, tok: Any, args: Any) -> None:
     """Free greedy agreement: 8 prompts of 256 Canterbury tokens (not in the perplexity windows)."""
-    ids = kv_data.canterbury_ids()
+    ids = kv_data.canterbury_ids(model=kv_data.model_name(model))
     n_prompts, steps = (2, 16) if args.quick else (8, 64)
     offsets = [int(ids.numel() * (i + 0.5) / n_prompts) for i in range(n_prompts)]
     prompts = [ids[o : o + 256] for o in offsets]
@@ -481,7 +499,7 @@ def part_decode(model: Any, tok: Any, args: Any) -> None:
 
     contexts = [512] if args.quick else [int(c) for c in args.contexts.split(",")]
     steps = 4 if args.quick else 16
-    ids = kv_data.canterbury_ids()
+    ids = kv_data.canterbury_ids(model=kv_data.model_name(model))
     specs = [
         Spec("DynamicCache", "dynamic"),
         Spec("HF QuantizedCache quanto 4 (residual 128)", "quanto", 4, 128),
@@ -630,7 +648,7 @@ def part_layers(model: Any, tok: Any, args: Any) -> None:
     from turboquant_rs.adaptive import capture_attention, layer_attention_error
 
     n = 512 if args.quick else 2048
-    ids = kv_data.canterbury_ids(n)[None]
+    ids = kv_data.canterbury_ids(n, model=kv_data.model_name(model))[None]
     recs = capture_attention(model, ids)
     print(
         f"\n### Per-layer attention-output error of ours on {n} real tokens "
@@ -674,6 +692,9 @@ def main() -> None:
         "--filter", default="", help="ppl/residual/decode: only caches whose name has one of a|b|c"
     )
     ap.add_argument("--contexts", default="2048,8000", help="decode: context lengths")
+    ap.add_argument(
+        "--model", default="smollm2", choices=sorted(kv_data.MODEL_DIRS), help="offline GGUF model"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -691,7 +712,8 @@ def main() -> None:
     )
     model = tok = None
     if set(parts) - {"memory"}:
-        model, tok = kv_data.load_smollm2()
+        model, tok = kv_data.load_model(args.model)
+        print(f"<!-- model {args.model}: {type(model).__name__}, {model.config.num_hidden_layers} layers -->")
     t00 = time.perf_counter()
     for part in parts:
         t0 = time.perf_counter()

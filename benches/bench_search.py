@@ -16,7 +16,9 @@ machine hits every method alike. Each row keeps its best round.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -42,7 +44,8 @@ K = 10
 # Timing rounds per method (set by --rounds).
 ROUNDS = 3
 WIKI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wiki_minilm"
-SECTION = "## Vector search (issue 3)"
+# The subsection of benches/RESULTS.md that --out rewrites (up to the next heading).
+SECTION = "### wiki-MiniLM and Gaussian, all methods"
 
 
 @dataclass
@@ -401,7 +404,7 @@ def turboquant_torch(name: str, base: np.ndarray, queries: np.ndarray) -> Conten
 def markdown(rows: list[Row]) -> str:
     out = []
     for ds in dict.fromkeys(r.dataset for r in rows):
-        out.append(f"\n### {ds}\n")
+        out.append(f"\n{ds}:\n")
         out.append(
             "| method | bits/dim | build s | batch QPS | 1-query ms (median) | recall@10 | recall@1@10 "
             "| bytes/vector | note |"
@@ -461,7 +464,7 @@ def mark(ok: bool) -> str:
 
 def verdicts(rows: list[Row]) -> str:
     """The issue's targets, checked on this run's numbers."""
-    out = ["\n### Targets (this run)\n"]
+    out = ["\nTargets (this run):\n"]
     for ds in dict.fromkeys(r.dataset for r in rows):
 
         def find(method: str, bits: str, ds: str = ds) -> Row | None:
@@ -494,9 +497,9 @@ def verdicts(rows: list[Row]) -> str:
 
 
 def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    text = path.read_text() if path.exists() else "# Measured results\n"
     block = f"{SECTION}\n{body}"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^##+ |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
 
@@ -533,7 +536,8 @@ def main() -> None:
         write_section(
             args.out,
             f"\nCommand: `{cmd}` at `{rev}` ({turboquant_rs.simd_level()} kernels, "
-            f"{THREADS} threads, one process).\n{table}",
+            f"{THREADS} threads, one process)\nMachine: {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores. Date: {datetime.date.today().isoformat()}.\n{table}",
         )
 
 

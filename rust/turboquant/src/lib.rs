@@ -32,6 +32,11 @@ pub mod rotation;
 pub mod search;
 pub mod simd;
 
+/// The crate README's Rust examples, compiled and run by `cargo test --doc` so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use codebook::Codebook;
 pub use error::{Error, Result};
 pub use quantizer::{BatchMut, BatchView, Mode, QuantizedBatch, Quantizer, ScaleMode};

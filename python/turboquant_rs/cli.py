@@ -6,6 +6,8 @@
     turboquant-rs decode IN.tq OUT.npy             reconstruct them
     turboquant-rs index build IN.npy OUT.tqi --bits 4   build a search index file
     turboquant-rs index search OUT.tqi QUERIES.npy -k 10 [--base IN.npy]   search it (recall with --base)
+    turboquant-rs bench [--out DIR] [--only distortion,search,kv-memory,perplexity,gpu] [--quick]
+                                              measure against the paper and the peers: DIR/RESULTS.md + PNGs
 
 Exit codes: 0 success, 1 bad data or files (the message says which), 2 bad arguments.
 """
@@ -204,6 +206,60 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bench --out`` when not given (relative to the working directory).
+BENCH_OUT = Path("bench-results")
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this ``bench`` run (for RESULTS.md)."""
+    cmd = [PROG, "bench"]
+    if args.out != BENCH_OUT:
+        cmd += ["--out", str(args.out)]
+    if args.only is not None:
+        cmd += ["--only", ",".join(args.only)]
+    if args.data is not None:
+        cmd += ["--data", str(args.data)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return " ".join(cmd)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.data is not None and not args.data.exists():
+        raise CliError(f"--data {args.data}: no such file or folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / f".bench-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CliError(f"--out {args.out}: cannot write there ({err.strerror or err})") from err
+    if args.threads:
+        from . import set_num_threads
+
+        set_num_threads(args.threads)
+    opts = bench.Options(quick=args.quick, quiet=args.quiet, data=args.data, threads=args.threads or 0)
+    path = bench.run(args.out, args.only or list(bench.PARTS), opts, _bench_command(args))
+    print(f"wrote {path}")
+    return 0
+
+
+def _parts(text: str) -> list[str]:
+    from .bench import PARTS
+
+    names = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [n for n in names if n not in PARTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(bad) or repr(text)}; choose from {','.join(PARTS)}"
+        )
+    return names
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -310,6 +366,36 @@ def build_parser() -> argparse.ArgumentParser:
     isr.add_argument("--show", type=int, default=5, help="queries to print when no --output (default 5)")
     isr.set_defaults(func=cmd_index_search)
     ix.set_defaults(func=lambda a: _help(ix))
+
+    bn = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="measure against the paper and the peers: markdown tables and PNG plots",
+        description="Measure distortion vs bits (against the paper's bounds), search recall and QPS "
+        "(against exact search, FAISS, turbovec), KV memory vs context, perplexity vs bits (against "
+        "the KV peers; needs turboquant-rs[demo]) and GPU decode latency (with a CUDA device). Writes "
+        "DIR/RESULTS.md and DIR/<part>.png. Peers and matplotlib: pip install 'turboquant-rs[bench]'.",
+    )
+    bn.add_argument(
+        "--out", type=Path, default=BENCH_OUT, metavar="DIR", help="output folder (default bench-results)"
+    )
+    bn.add_argument(
+        "--only",
+        type=_parts,
+        default=None,
+        metavar="PARTS",
+        help="comma-separated: distortion,search,kv-memory,perplexity,gpu (default: all)",
+    )
+    bn.add_argument("--quick", action="store_true", help="smaller sizes: seconds, minutes with perplexity")
+    bn.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="vectors for distortion and search: a .npy (n, d) or a folder with base*.npy, queries*.npy "
+        "(default: ../shared/data/wiki_minilm when present, else the shipped sample)",
+    )
+    bn.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

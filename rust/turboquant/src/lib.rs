@@ -17,8 +17,8 @@
 //! q.dequantize(&batch.view(), &mut back).unwrap();
 //! ```
 
-pub mod bytes;
-pub mod cells;
+pub(crate) mod bytes;
+pub(crate) mod cells;
 pub mod codebook;
 pub mod entropy;
 pub mod error;

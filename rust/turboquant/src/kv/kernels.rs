@@ -177,6 +177,21 @@ impl Default for RowState {
     }
 }
 
+/// Reduces the lanes by a fixed halving tree (`v[l] ∘ v[l + n/2]`, then again): the same
+/// order on every SIMD level, and vertical operations the compiler vectorizes (a left-to-right
+/// fold is a chain of `LANES` dependent operations).
+#[inline(always)]
+fn halving_tree(mut v: Lanes, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            v[l] = op(v[l], v[l + n]);
+        }
+    }
+    v[0]
+}
+
 /// Per-row inputs of [`softmax_step`].
 #[derive(Debug, Clone, Copy)]
 pub struct RowBounds {
@@ -208,10 +223,7 @@ multiversion! {
                 let inside = l < m && t >= b.lo && t < b.hi;
                 z[l] = logit(s[l], b.bias, scaling, cap, inside);
             }
-            let mut bmax = f32::NEG_INFINITY;
-            for &v in &z {
-                bmax = bmax.max(v);
-            }
+            let bmax = halving_tree(z, f32::max);
             let new_max = st.max.max(bmax);
             *f = 1.0;
             if new_max == f32::NEG_INFINITY {
@@ -227,11 +239,7 @@ multiversion! {
             for l in 0..LANES {
                 p[l] = exp(z[l] - new_max);
             }
-            let mut sum = 0.0f32;
-            for &v in &p {
-                sum += v;
-            }
-            st.sum += sum;
+            st.sum += halving_tree(p, |a, b| a + b);
             *s = p;
         }
     }

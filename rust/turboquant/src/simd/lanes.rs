@@ -39,6 +39,12 @@ trait Row: Copy {
     fn lookup(codes: &[u8; LANES], table: &[f32]) -> Self {
         Self::load(&codes.map(|c| table[c as usize]))
     }
+    /// `table[codes[l]]` per lane for a table padded to 16 entries (every code < 16): callers
+    /// pad once per block, so a loop over coordinates reads the table from one register.
+    #[inline(always)]
+    fn lookup16(codes: &[u8; LANES], table: &[f32; 16]) -> Self {
+        Self::load(&codes.map(|c| table[c as usize]))
+    }
     /// `(code, centroid)` per lane of the scaled coordinates `y` for a codebook of at most 16
     /// entries with its [`CellTable`] (`centroids` padded to 16 entries; code = the number of
     /// boundaries strictly below). The default looks up the cells lane by lane.
@@ -172,6 +178,19 @@ mod x86 {
                 _mm256_storeu_si256(codes.as_mut_ptr().add(8).cast(), c1);
             }
             (codes.map(|c| c as u8), Avx2(v0, v1))
+        }
+        #[inline(always)]
+        fn lookup16(codes: &[u8; 16], table: &[f32; 16]) -> Self {
+            // SAFETY: AVX2 is enabled in every caller; 16 bytes of codes (two 8-byte loads),
+            // a 16-entry table as `lookup::<2>` reads it, every code < 16.
+            unsafe {
+                let i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.as_ptr().cast()));
+                let i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.as_ptr().add(8).cast()));
+                Avx2(
+                    lookup::<2>(table.as_ptr(), i0),
+                    lookup::<2>(table.as_ptr(), i1),
+                )
+            }
         }
     }
 
@@ -370,11 +389,15 @@ mod x86 {
             }
             let mut padded = [0.0f32; 16];
             padded[..table.len()].copy_from_slice(table);
-            // SAFETY: AVX-512F is enabled in every caller; 16 bytes of codes, 16-entry table,
-            // codes < table.len() ≤ 16 so every index selects a real entry.
+            Self::lookup16(codes, &padded)
+        }
+        #[inline(always)]
+        fn lookup16(codes: &[u8; 16], table: &[f32; 16]) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller; 16 bytes of codes and a 16-entry
+            // table; the permute reads only the low 4 bits of each index, and codes < 16.
             unsafe {
                 let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.as_ptr().cast()));
-                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(padded.as_ptr())))
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
             }
         }
         #[inline(always)]
@@ -567,6 +590,14 @@ lane_kernel! {
     /// `out[j][l] = scale[l] · table[codes[j][l]]` (decode into the rotated domain).
     pub fn decode_lanes(codes: &[[u8; LANES]], table: &[f32], scale: &Lanes, out: &mut [Lanes]) {
         let s = R::load(scale);
+        if table.len() <= 16 {
+            let mut padded = [0.0f32; 16];
+            padded[..table.len()].copy_from_slice(table);
+            for (o, c) in out.iter_mut().zip(codes) {
+                s.mul(R::lookup16(c, &padded)).store(o);
+            }
+            return;
+        }
         for (o, c) in out.iter_mut().zip(codes) {
             s.mul(R::lookup(c, table)).store(o);
         }

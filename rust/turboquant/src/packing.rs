@@ -114,7 +114,7 @@ pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
 multiversion! {
     /// The inverse of [`pack_block`]: unpacks `m` consecutive packed rows of `packed` into the
     /// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
-    /// the codes of all 16 rows are extracted at once). Columns `m..` are left as they were.
+    /// the codes of all 16 rows are extracted at once). Columns `m..` are set to code 0.
     pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
         match bits {
             1 => unpack_block_const::<1>(packed, m, block),
@@ -301,6 +301,31 @@ mod tests {
                 let mut back = vec![[0u8; 16]; dim];
                 unpack_block(crate::simd::active_level(), &packed, m, bits, &mut back);
                 assert_eq!(back, block, "b={bits} d={dim}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_unpacking_equals_rows_at_every_level_and_zeroes_unused_columns() {
+        use crate::simd::SimdLevel;
+        for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+            for bits in 1..=8u8 {
+                for dim in [1usize, 3, 16, 33, 64, 128, 130] {
+                    for m in [1usize, 7, 15, 16] {
+                        let rb = row_bytes(dim, bits);
+                        let packed: Vec<u8> = (0..m * rb).map(|i| (i * 37 + 11) as u8).collect();
+                        let mut back = vec![[0xEEu8; 16]; dim];
+                        unpack_block(level, &packed, m, bits, &mut back);
+                        for l in 0..16 {
+                            let mut row = vec![0u8; dim];
+                            if l < m {
+                                unpack_row(&packed[l * rb..(l + 1) * rb], bits, &mut row);
+                            }
+                            let got: Vec<u8> = back.iter().map(|c| c[l]).collect();
+                            assert_eq!(got, row, "{level:?} b={bits} d={dim} m={m} lane {l}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -120,11 +120,49 @@ multiversion! {
             1 => unpack_block_const::<1>(packed, m, block),
             2 => unpack_block_const::<2>(packed, m, block),
             3 => unpack_block_const::<3>(packed, m, block),
+            #[cfg(target_arch = "x86_64")]
+            4 if m == 16 && block.len().is_multiple_of(32) => unpack_full_block_4bit(packed, block),
             4 => unpack_block_const::<4>(packed, m, block),
             5 => unpack_block_const::<5>(packed, m, block),
             6 => unpack_block_const::<6>(packed, m, block),
             7 => unpack_block_const::<7>(packed, m, block),
             _ => unpack_block_const::<8>(packed, m, block),
+        }
+    }
+}
+
+/// [`unpack_block`] of a full 4-bit block whose rows are whole 16-byte tiles (`dim % 32 == 0`,
+/// the usual head dims): each tile of the 16 rows is loaded into registers and transposed
+/// there, and byte `k` of a row splits into codes `2k` (low nibble) and `2k + 1` (high nibble),
+/// the [`pack_from`] layout at 4 bits. SSE2 only (the x86-64 baseline), so it serves every level.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn unpack_full_block_4bit(packed: &[u8], block: &mut [[u8; 16]]) {
+    use crate::simd::transpose::sse2::{transpose_regs_bitrev, REV4};
+    use std::arch::x86_64::*;
+    let rb = block.len() / 2;
+    debug_assert_eq!(packed.len(), 16 * rb);
+    for (tile, codes) in block.chunks_exact_mut(32).enumerate() {
+        let at = 16 * tile;
+        // SAFETY: SSE2 is part of the x86-64 baseline; each load reads the 16 bytes of a
+        // bounds-checked 16-byte slice, unaligned.
+        let mut rows = [unsafe { _mm_setzero_si128() }; 16];
+        for (l, row) in rows.iter_mut().enumerate() {
+            let src = &packed[l * rb + at..l * rb + at + 16];
+            // SAFETY: as above.
+            *row = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
+        }
+        let cols = transpose_regs_bitrev(rows);
+        // SAFETY: SSE2 baseline; register-only arithmetic, then unaligned 16-byte stores into
+        // `codes[2k]` and `codes[2k + 1]`, each a `[u8; 16]`.
+        unsafe {
+            let low = _mm_set1_epi8(0x0F);
+            for (col, &k) in cols.iter().zip(&REV4) {
+                let lo = _mm_and_si128(*col, low);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(*col), low);
+                _mm_storeu_si128(codes[2 * k].as_mut_ptr().cast(), lo);
+                _mm_storeu_si128(codes[2 * k + 1].as_mut_ptr().cast(), hi);
+            }
         }
     }
 }

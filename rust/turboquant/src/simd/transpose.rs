@@ -13,7 +13,7 @@ pub fn transpose16_u8(tile: &[[u8; 16]; 16]) -> [[u8; 16]; 16] {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod sse2 {
+pub(crate) mod sse2 {
     use std::arch::x86_64::*;
 
     /// One interleave stage at element width `W` bits: out[i] = lo(a[2i], a[2i+1]),
@@ -38,6 +38,18 @@ mod sse2 {
             o
         }
     }
+
+    /// Transposes 16 rows of 16 bytes held in registers, leaving the columns in bit-reversed
+    /// order: `out[i]` is column [`REV4`]`[i]` (byte `REV4[i]` of every row, row `l` in byte
+    /// `l`). Callers store each register where its column belongs, so no register is moved.
+    #[inline(always)]
+    pub(crate) fn transpose_regs_bitrev(regs: [__m128i; 16]) -> [__m128i; 16] {
+        stage::<64>(stage::<32>(stage::<16>(stage::<8>(regs))))
+    }
+
+    /// `REV4[i]`: the 4-bit reversal of `i` (the column held by register `i` of
+    /// [`transpose_regs_bitrev`]).
+    pub(crate) const REV4: [usize; 16] = [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15];
 
     pub(super) fn transpose(tile: &[[u8; 16]; 16]) -> [[u8; 16]; 16] {
         let mut regs = [[0u8; 16]; 16].map(|_| {

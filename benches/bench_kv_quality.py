@@ -256,6 +256,7 @@ def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
     specs += [
         Spec(f"ours {b}/{b}, sink_tokens=0", "ours", b, residual, {"sink_tokens": 0}) for b in (4, 3, 2)
     ]
+    specs += [Spec(f"ours {b}/{b}, sink_tokens=4", "ours", b, residual, {"sink_tokens": 4}) for b in (4, 3)]
     specs += [
         Spec(
             "ours 2.5/2.5 (outlier split K+V)",

@@ -170,6 +170,16 @@ impl BatchView<'_> {
     }
 }
 
+/// One quantize task's slices, in the nesting of rayon's zips: input rows, codes, scales,
+/// QJL signs and residual norms of a run of vectors.
+type QuantizeTask<'a, 'b> = (
+    (
+        ((&'a [f32], &'a mut [u8]), &'a mut [f32]),
+        &'b mut &'a mut [u8],
+    ),
+    &'b mut &'a mut [f32],
+);
+
 /// Per-thread scratch of [`Quantizer::encode_block`].
 struct BlockScratch {
     x: Vec<Lanes>,
@@ -402,43 +412,56 @@ impl Quantizer {
         let mut rnorm_chunks: Vec<&mut [f32]> = out.residual_norms.chunks_mut(chunk).collect();
         sign_chunks.resize_with(tasks, Default::default);
         rnorm_chunks.resize_with(tasks, Default::default);
+        let task =
+            |scratch: &mut BlockScratch,
+             ((((xs, codes), scales), signs), rnorms): QuantizeTask<'_, '_>| {
+                for (b, rows) in xs.chunks(LANES * d).enumerate() {
+                    let m = rows.len() / d;
+                    let r = b * LANES..b * LANES + m;
+                    let block_signs = if prod {
+                        &mut signs[r.start * sb..r.end * sb]
+                    } else {
+                        &mut [][..]
+                    };
+                    let block_rnorms = if prod {
+                        &mut rnorms[r.clone()]
+                    } else {
+                        &mut [][..]
+                    };
+                    self.encode_block(
+                        level,
+                        rows,
+                        scratch,
+                        &mut codes[r.start * cb..r.end * cb],
+                        &mut scales[r],
+                        block_signs,
+                        block_rnorms,
+                    )?;
+                }
+                Ok::<(), Error>(())
+            };
+        if tasks == 1 {
+            // one task (a decode step's few tokens): on the caller, no hand-off to the pool
+            let mut scratch = BlockScratch::new(d, self.qjl.is_some());
+            return task(
+                &mut scratch,
+                (
+                    (
+                        ((x, &mut out.codes[..]), &mut out.scales[..]),
+                        &mut sign_chunks[0],
+                    ),
+                    &mut rnorm_chunks[0],
+                ),
+            );
+        }
         parallel::install(|| {
             x.par_chunks(chunk * d)
                 .zip(out.codes.par_chunks_mut(chunk * cb))
                 .zip(out.scales.par_chunks_mut(chunk))
                 .zip(sign_chunks.par_iter_mut())
                 .zip(rnorm_chunks.par_iter_mut())
-                .try_for_each_init(
-                    || BlockScratch::new(d, self.qjl.is_some()),
-                    |scratch, ((((xs, codes), scales), signs), rnorms)| {
-                        for (b, rows) in xs.chunks(LANES * d).enumerate() {
-                            let m = rows.len() / d;
-                            let r = b * LANES..b * LANES + m;
-                            let block_signs = if prod {
-                                &mut signs[r.start * sb..r.end * sb]
-                            } else {
-                                &mut [][..]
-                            };
-                            let block_rnorms = if prod {
-                                &mut rnorms[r.clone()]
-                            } else {
-                                &mut [][..]
-                            };
-                            self.encode_block(
-                                level,
-                                rows,
-                                scratch,
-                                &mut codes[r.start * cb..r.end * cb],
-                                &mut scales[r],
-                                block_signs,
-                                block_rnorms,
-                            )?;
-                        }
-                        Ok::<(), Error>(())
-                    },
-                )
-        })?;
-        Ok(())
+                .try_for_each_init(|| BlockScratch::new(d, self.qjl.is_some()), task)
+        })
     }
 
     /// Encodes up to [`LANES`] vectors at once in the coordinate-major layout of

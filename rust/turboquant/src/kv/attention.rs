@@ -15,7 +15,6 @@ use crate::parallel;
 use crate::simd::kernels::LANES;
 use crate::simd::lanes::{self, Lanes};
 use crate::simd::SimdLevel;
-use rayon::prelude::*;
 
 /// What an attention call asks for.
 #[derive(Debug, Clone, Copy)]
@@ -214,13 +213,11 @@ impl KvStore {
         }
         let g = hq / h;
         let rows = g * ql;
-        // The query side of every stream (rotated once per row and key part).
-        let prepared: Vec<StreamQueries> = parallel::install(|| {
-            (0..b * h)
-                .into_par_iter()
-                .map(|s| self.stream_queries(level, queries, p, s, g))
-                .collect()
-        });
+        // The query side of every stream (rotated once per row and key part: little work, done
+        // on the caller).
+        let prepared: Vec<StreamQueries> = (0..b * h)
+            .map(|s| self.stream_queries(level, queries, p, s, g))
+            .collect();
         // Tasks: rows in groups of GROUP_ROWS, each group's token union split into chunks.
         let mut spans = Vec::new();
         for (s, sq) in prepared.iter().enumerate() {
@@ -255,15 +252,11 @@ impl KvStore {
                 t = end;
             }
         }
-        let partials: Vec<Partial> = parallel::install(|| {
-            tasks
-                .par_iter()
-                .map_init(
-                    || Scratch::new(d),
-                    |s, task| self.run_task(level, task, &prepared[task.stream], cap, p, s),
-                )
-                .collect()
-        });
+        let partials: Vec<Partial> = parallel::map_shared(
+            &tasks,
+            || Scratch::new(d),
+            |s, task| self.run_task(level, task, &prepared[task.stream], cap, p, s),
+        );
         self.merge(level, &tasks, &partials, g, ql, out, lse);
         Ok(())
     }

@@ -184,13 +184,22 @@ class KVLayerStore:
             self._sink_v = np.concatenate([self._sink_v, sv], axis=2)
 
     def attend(
-        self, query: Any, lo: Any, hi: Any, *, scaling: float, softcap: float | None = None
+        self,
+        query: Any,
+        lo: Any,
+        hi: Any,
+        *,
+        scaling: float,
+        softcap: float | None = None,
+        extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Attention of ``query`` (B, Hq, Q, D) over the stored tokens ``[lo[b, i], hi[b, i])``.
 
-        Ranges are clamped to the stored tokens. Returns float32 numpy ``out`` (B, Hq, Q, D),
-        normalised over those tokens (0 where the range is empty), and the log-sum-exp ``lse``
-        (B, Hq, Q) (``-inf`` where empty).
+        Ranges are clamped to the stored tokens. ``extra``: optional full-precision
+        ``(keys, values, allowed)`` — float32 (B, H_kv, E, D) twice and bool (B, Q, E) — joined
+        into the same softmax where ``allowed`` (computed with the sink tokens in one pass).
+        Returns float32 numpy ``out`` (B, Hq, Q, D), normalised over those tokens (0 where
+        none is attended), and the log-sum-exp ``lse`` (B, Hq, Q) (``-inf`` where none).
         """
         q = _float_array(query, "query", 4)
         _check_attend_args(q, scaling, softcap)
@@ -198,7 +207,7 @@ class KVLayerStore:
         lo_a = np.ascontiguousarray(np.asarray(lo, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
         hi_a = np.ascontiguousarray(np.asarray(hi, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
         s = self._sink_len
-        if s == 0:
+        if s == 0 and extra is None:
             return self._native.attend(q, lo_a, hi_a, float(scaling), sc)
         if q.shape[0] != self.batch_size:
             raise TurboQuantError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
@@ -206,7 +215,16 @@ class KVLayerStore:
         # wider than the context starts before token 0)
         pos = np.arange(s)
         allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
-        out, lse = _exact_part(q, self._sink_k, self._sink_v, allowed, float(scaling), sc)  # type: ignore[arg-type]
+        exact_k, exact_v = self._sink_k, self._sink_v
+        if extra is not None:
+            ek, ev, ea = extra
+            if s == 0:
+                exact_k, exact_v, allowed = ek, ev, ea
+            else:
+                exact_k = np.concatenate([self._sink_k, ek], axis=2)  # type: ignore[list-item]
+                exact_v = np.concatenate([self._sink_v, ev], axis=2)  # type: ignore[list-item]
+                allowed = np.concatenate([allowed, ea], axis=2)
+        out, lse = _exact_part(q, exact_k, exact_v, allowed, float(scaling), sc)  # type: ignore[arg-type]
         if self._native.seq_len > 0:
             clo = np.ascontiguousarray(np.maximum(lo_a - s, 0))
             chi = np.ascontiguousarray(np.maximum(hi_a - s, clo))
@@ -396,15 +414,19 @@ def packed_attention(
             start, end = _contiguous_runs(valid[:, :n])
             lo_b = np.maximum(lo_b, start[:, None])
             hi_b = np.minimum(hi_b, end[:, None])
-        out, lse = store.attend(q, lo_b, hi_b, scaling=scale, softcap=softcap)
+    allowed = None
     if e > 0:
         kpos = np.arange(n, total)
         allowed = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= lo[:, None])  # (Q, E)
         allowed = np.broadcast_to(allowed[None], (bsz, ql, e))
         if valid is not None:
             allowed = allowed & valid[:, None, n:]
-        oe, lse_e = _exact_part(q, ek, ev, allowed, scale, softcap)
-        out, lse = _merge(out, lse, oe, lse_e)
+    if n > 0:
+        # the extra tokens join the store's own exact part (its sink tokens): one softmax pass
+        extra = None if allowed is None else (ek, ev, allowed)
+        out, lse = store.attend(q, lo_b, hi_b, scaling=scale, softcap=softcap, extra=extra)
+    elif allowed is not None:
+        out, lse = _exact_part(q, ek, ev, allowed, scale, softcap)
     return _like(out, query)
 
 

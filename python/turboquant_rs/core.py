@@ -16,8 +16,16 @@ from . import _native
 from ._convert import as_int, as_rows, to_kind
 from ._native import TurboQuantError
 
+#: ``TurboQuantOutput.kind`` of outputs whose buffers are CUDA torch tensors (the GPU path).
+CUDA = "cuda"
+
 #: Stored-scale rules: "lsq" (default, lowest MSE), "norm" (the paper's ‖x‖), "proj" (exact ⟨x̂, x⟩).
 SCALES = ("lsq", "norm", "proj")
+
+
+def _is_cuda(x: Any) -> bool:
+    device = getattr(x, "device", None)
+    return type(x).__module__.startswith("torch") and getattr(device, "type", "") == "cuda"
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,51 @@ class TurboQuant:
         return int(self._q.bytes_per_vector)
 
     def quantize(self, x: Any) -> TurboQuantOutput:
-        """Quantizes ``x`` of shape (..., dim): numpy float16/32/64 or a CPU torch tensor."""
+        """Quantizes ``x`` of shape (..., dim): numpy float16/32/64 or a CPU torch tensor; a CUDA
+        tensor (float32/16, bfloat16) is quantized on the GPU into CUDA buffers of the same bytes
+        (MSE mode with the default "lsq" scale)."""
+        if _is_cuda(x):
+            return self._quantize_gpu(x)
         rows, lead, kind = as_rows(x, self.dim)
         codes, scales, signs, rnorms = self._q.quantize(rows)
         return TurboQuantOutput(
             codes, scales, signs, rnorms, self.bit_width, self.dim, lead, kind, *self._params()
         )
+
+    def _gpu_ops(self) -> Any:
+        from .cuda import _runtime, ops
+
+        if not _runtime.available():
+            raise TurboQuantError(
+                "CUDA tensors need cupy and a CUDA device for the GPU path: pip install "
+                "'turboquant-rs[cuda]' (CUDA 12) or 'turboquant-rs[cuda13]' (CUDA 13)"
+            )
+        if self.unbiased or self.scale != "lsq":
+            raise TurboQuantError(
+                "the GPU path quantizes in MSE mode with scale='lsq' (unbiased=False); "
+                f"this quantizer has unbiased={self.unbiased}, scale={self.scale!r}"
+            )
+        return ops
+
+    def _quantize_gpu(self, x: Any) -> TurboQuantOutput:
+        ops = self._gpu_ops()
+        if x.ndim < 1 or int(x.shape[-1]) != self.dim:
+            raise TurboQuantError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        lead = tuple(int(v) for v in x.shape[:-1])
+        xr = x.detach().reshape(-1, self.dim)
+        if str(xr.dtype) == "torch.float64":
+            xr = xr.float()
+        try:
+            codes, scales = ops.quantize(xr, self.bit_width, self.seed)
+        except ValueError as err:
+            raise TurboQuantError(str(err)) from err
+        empty = codes.new_empty((int(codes.shape[0]), 0))
+        return TurboQuantOutput(
+            codes, scales, empty, scales.new_empty((0,)), self.bit_width, self.dim, lead, CUDA,
+            *self._params(),
+        )  # fmt: skip
 
     def _params(self) -> tuple[int, bool, str]:
         """(seed, unbiased, scale): with dim and bit_width, what defines an output's bytes."""
@@ -155,6 +202,10 @@ class TurboQuant:
     def dequantize(self, output: TurboQuantOutput) -> Any:
         """Reconstruction of shape (..., dim), as numpy or torch like the input was."""
         self._check(output)
+        if output.kind == CUDA:
+            ops = self._gpu_ops()
+            x = ops.dequantize(output.codes, output.scales, self.dim, self.bit_width, self.seed)
+            return x.reshape(*output.shape, self.dim)
         x = self._q.dequantize(*output.buffers())
         return to_kind(x.reshape(*output.shape, self.dim), output.kind)
 
@@ -162,9 +213,17 @@ class TurboQuant:
         """⟨query, x⟩ estimates from the codes: (n_queries, n), or (n,) for a 1-D query.
 
         Each query is rotated once and scored through per-coordinate lookup tables; the
-        stored vectors are never decoded.
+        stored vectors are never decoded. GPU outputs (CUDA queries) are scored as one matmul
+        against the vectors decoded on the device.
         """
         self._check(output)
+        if output.kind == CUDA:
+            if not _is_cuda(query):
+                raise TurboQuantError("the output is on the GPU: the query must be a CUDA tensor")
+            x = self.dequantize(output).reshape(-1, self.dim)
+            q = query.detach().float()
+            scores = q.reshape(-1, self.dim) @ x.T
+            return scores[0] if q.ndim == 1 else scores
         rows, lead, kind = as_rows(query, self.dim, "query")
         scores = self._q.inner_products(rows, *output.buffers())
         if len(lead) == 0:
@@ -188,7 +247,10 @@ class TurboQuant:
         (about 5 % smaller at 4 bits).
         """
         self._check(output)
-        return bytes(self._q.batch_to_bytes(*output.buffers(), entropy))
+        bufs = output.buffers()
+        if output.kind == CUDA:
+            bufs = tuple(np.ascontiguousarray(b.cpu().numpy()) for b in bufs)  # type: ignore[assignment]
+        return bytes(self._q.batch_to_bytes(*bufs, entropy))
 
     @staticmethod
     def load_output(data: bytes) -> tuple[TurboQuant, TurboQuantOutput]:

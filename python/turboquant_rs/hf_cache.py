@@ -84,6 +84,30 @@ def _kv() -> Any:
     return kv_cache
 
 
+_GPU_WARNED = False
+
+
+def _gpu_store_class(device: Any) -> Any:
+    """The GPU store class for a CUDA layer when cupy is there, else None (CPU store; warned once)."""
+    global _GPU_WARNED
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    from .cuda import _runtime
+
+    if _runtime.available():
+        from .cuda.kv_store import GpuKVLayerStore
+
+        return GpuKVLayerStore
+    if not _GPU_WARNED:
+        _GPU_WARNED = True
+        warnings.warn(
+            "TurboQuantCache on a CUDA model without cupy: the codes live and are read on the CPU "
+            "(pip install 'turboquant-rs[cuda]' or '[cuda13]' for the GPU kernels)",
+            stacklevel=3,
+        )
+    return None
+
+
 def _check_bits(bits: Any, name: str) -> int:
     """Validate a bit width: an integer in [1, 8]."""
     if isinstance(bits, bool) or not isinstance(bits, (int, float)) or int(bits) != bits:
@@ -379,8 +403,10 @@ class TurboQuantLayer(CacheLayerMixin):
         return sum(int(store.nbytes) for store in self._segments) + int(window)
 
     def _new_store(self) -> Any:
-        """An empty packed store with this layer's settings."""
-        return _kv().KVLayerStore(
+        """An empty packed store with this layer's settings: on the GPU for a CUDA layer (when
+        cupy is installed), in the Rust core otherwise."""
+        gpu = _gpu_store_class(getattr(self, "device", None))
+        return (gpu or _kv().KVLayerStore)(
             int(self.head_dim),
             int(self.num_kv_heads),
             self.key_bits,
@@ -454,7 +480,10 @@ class TurboQuantLayer(CacheLayerMixin):
         """Quantize ``keys`` / ``values`` (B, H, T, D) into the store."""
         if keys.shape[-2] == 0:
             return
-        self.store.append(_cpu(keys), _cpu(values))
+        if _is_gpu_store(self.store):
+            self.store.append(keys, values)
+        else:
+            self.store.append(_cpu(keys), _cpu(values))
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense keys and values of every held token, decoded from the codes (a materialised copy).
@@ -648,6 +677,11 @@ def _tp_shard(configured: int, received: int) -> bool:
     if not (dist.is_available() and dist.is_initialized()):
         return False
     return dist.get_world_size() % (configured // received) == 0
+
+
+def _is_gpu_store(store: Any) -> bool:
+    """Whether ``store`` keeps its codes on the GPU (``cuda.kv_store.GpuKVLayerStore``)."""
+    return type(store).__name__ == "GpuKVLayerStore"
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -1124,6 +1158,38 @@ def _multi_store_attention(
     return merged.to(query.dtype)
 
 
+def _gpu_attention(
+    query: torch.Tensor,
+    layer: TurboQuantLayer,
+    stores: list[Any],
+    valid: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    """The GPU branch of `turboquant_attention`: one store's codes read by the decode kernels
+    (`cuda.kv_store.gpu_packed_attention`). A sliding layer holding several stores (each at most
+    a window's worth of tokens) decodes the older ones and attends exactly over the window."""
+    from .cuda.kv_store import gpu_packed_attention
+
+    keys, values = layer.keys, layer.values
+    if len(stores) > 1:
+        parts = [store.decompress() for store in stores]
+        keys = torch.cat([*(k.to(keys.dtype) for k, _ in parts), keys], dim=-2)
+        values = torch.cat([*(v.to(values.dtype) for _, v in parts), values], dim=-2)
+        stores = []
+    return gpu_packed_attention(
+        query,
+        stores[0] if stores else None,
+        keys,
+        values,
+        scaling=scaling,
+        softcap=softcap,
+        sliding_window=window,
+        key_valid=valid,
+    )
+
+
 def turboquant_attention(
     module: Any,
     query: torch.Tensor,
@@ -1179,6 +1245,10 @@ def turboquant_attention(
     valid = _key_valid(attention_mask, n_keys, query.shape[0])
     window = layer.sliding_window if layer.sliding_window is not None else sliding_window
     stores = [store for store in layer.stores if store.seq_len > 0]
+    if query.device.type == "cuda" and _is_gpu_store(layer.store):
+        out = _gpu_attention(query, layer, stores, valid, float(scaling), softcap, window)
+        layer.commit()
+        return out.transpose(1, 2).contiguous(), None
     device = query.device
     query, extra_k, extra_v = _cpu(query), _cpu(layer.keys), _cpu(layer.values)
     if valid is not None:

@@ -48,6 +48,25 @@ def _float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def is_cuda(x: Any) -> bool:
+    """True for a CUDA torch tensor (without importing torch)."""
+    return is_torch(x) and x.device.type == "cuda"
+
+
+def _gpu_store(head_dim: int, num_heads: int, **kwargs: Any) -> Any:
+    """A ``cuda.kv_store.GpuKVLayerStore``; a clear error naming the extra without cupy."""
+    from .cuda import _runtime
+
+    if not _runtime.available():
+        raise TurboQuantError(
+            "CUDA tensors need cupy and a CUDA device for the GPU path: pip install "
+            "'turboquant-rs[cuda]' (CUDA 12) or 'turboquant-rs[cuda13]' (CUDA 13)"
+        )
+    from .cuda.kv_store import GpuKVLayerStore
+
+    return GpuKVLayerStore(head_dim, num_heads, **kwargs)
+
+
 def _bits(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= 8:
         raise TurboQuantError(f"{name} must be an integer in 1..8, got {value!r}")
@@ -370,8 +389,16 @@ def packed_attention(
     position p sees keys at positions > p − W. ``key_valid``: optional bool (B, N+E), False for
     padding keys. ``softcap``: ``c·tanh(z/c)`` on the scaled logits. The stored part is read from
     the codes (log-sum-exp merged with the extra part), never dequantized. Returns (B, Hq, Q, D)
-    in the query's kind and dtype (a query whose keys are all masked gets zeros).
+    in the query's kind and dtype (a query whose keys are all masked gets zeros). A CUDA query
+    (with a ``cuda.kv_store.GpuKVLayerStore``) runs on the GPU, ``gpu_packed_attention``.
     """
+    if is_cuda(query):
+        from .cuda.kv_store import gpu_packed_attention
+
+        return gpu_packed_attention(
+            query, store, extra_keys, extra_values, scaling=scaling, softcap=softcap,
+            sliding_window=sliding_window, key_valid=key_valid,
+        )  # fmt: skip
     q = _float_array(query, "query", 4)
     bsz, hq, ql, d = q.shape
     n = store.seq_len if store is not None else 0
@@ -596,12 +623,9 @@ class TurboQuantKVCache:
             seed=seed,
         )
 
-    def _new_store(self, num_heads: int) -> KVLayerStore:
-        return KVLayerStore(
-            self.head_dim,
-            num_heads,
-            self.key_bit_width,
-            self.value_bit_width,
+    def _new_store(self, num_heads: int, gpu: bool = False) -> Any:
+        """An empty store with this cache's settings: the Rust core's, or the GPU's (``gpu``)."""
+        kwargs = dict(
             key_outliers=self.n_outlier_channels,
             value_outliers=self.value_outlier_channels,
             outlier_bits=self.outlier_bits,
@@ -609,6 +633,10 @@ class TurboQuantKVCache:
             seed=self.seed,
             sink_tokens=self.n_sink_tokens,
         )
+        if gpu:
+            return _gpu_store(self.head_dim, num_heads, key_bits=self.key_bit_width,
+                              value_bits=self.value_bit_width, **kwargs)  # fmt: skip
+        return KVLayerStore(self.head_dim, num_heads, self.key_bit_width, self.value_bit_width, **kwargs)
 
     @property
     def average_bits(self) -> tuple[float, float]:
@@ -617,14 +645,17 @@ class TurboQuantKVCache:
         return s.key_bits, s.value_bits
 
     def to(self, device: Any) -> TurboQuantKVCache:
-        """Seed compatibility: the CPU engine holds no device state; returns self."""
+        """Seed compatibility: the cache holds no device state (each compressed object lives
+        where its input did: CUDA tensors on the GPU path); returns self."""
         return self
 
     def _check_kv(self, keys: Any, values: Any) -> tuple[int, int, int]:
         for name, x in (("keys", keys), ("values", values)):
             if is_torch(x):
-                if x.device.type != "cpu":
-                    raise TurboQuantError(f"{name} is on {x.device}; the CPU engine takes CPU tensors")
+                if x.device != keys.device:
+                    raise TurboQuantError(f"{name} is on {x.device}, keys on {keys.device}")
+                if x.device.type not in ("cpu", "cuda"):
+                    raise TurboQuantError(f"{name} is on {x.device}; CPU and CUDA tensors are supported")
                 if not x.is_floating_point():
                     raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
             elif np.asarray(x).dtype.kind != "f":
@@ -649,7 +680,7 @@ class TurboQuantKVCache:
         """Compresses (B, H, S, D) keys and values: all but the last ``residual_length`` tokens
         are quantized into packed codes; the window stays in the input's dtype."""
         b, h, s = self._check_kv(keys, values)
-        store = self._new_store(h)
+        store = self._new_store(h, gpu=is_cuda(keys))
         cut = max(s - self.residual_length, 0)
         if cut > 0:
             store.append(keys[:, :, :cut], values[:, :, :cut])
@@ -666,7 +697,7 @@ class TurboQuantKVCache:
     def _check_compressed(self, c: Any) -> CompressedKV:
         if not isinstance(c, CompressedKV):
             raise TypeError(f"expected a CompressedKV, got {type(c).__name__}")
-        if c.settings != self._new_store(c.num_heads).settings():
+        if c.settings != self._new_store(c.num_heads, gpu=is_cuda(c.residual_keys)).settings():
             raise TurboQuantError(
                 "this CompressedKV was made by a cache with other settings "
                 "(head_dim, bits, outliers, seed, sink tokens)"
@@ -683,6 +714,8 @@ class TurboQuantKVCache:
                 f"new tokens are for batch {b} × {h} heads; the cache holds {c.batch_size} × {c.num_heads}"
             )
         _same_kind(keys, c.kind, "keys")
+        if is_cuda(keys) != is_cuda(c.residual_keys):
+            raise TurboQuantError(f"new tokens are on {keys.device}, the cache on {c.residual_keys.device}")
         _check_finite(keys, values)
         rk, rv = _concat(c.residual_keys, keys), _concat(c.residual_values, values)
         over = int(rk.shape[2]) - self.residual_length
@@ -744,6 +777,8 @@ class TurboQuantKVCache:
         if c.store.seq_len == 0:
             return window
         part = c.store.decompress()[which]
+        if is_cuda(window):
+            return _concat(part.to(c.dtype), window)
         return (
             _concat(to_kind(part, c.kind).to(c.dtype), window)
             if c.kind == "torch"

@@ -346,6 +346,7 @@ def decode_attention(
     extra_values: Any = None,
     extra_lengths: Any = None,
     lengths: Any = None,
+    starts: Any = None,
     scaling: float | None = None,
     softcap: float = 0.0,
     window: int = 0,
@@ -359,7 +360,9 @@ def decode_attention(
 
     The last ``q_len`` positions of each sequence are the queries (causal among the new tokens);
     ``window > 0`` attends only to the last ``window`` positions; ``lengths`` overrides the
-    stored tokens per sequence; ``softcap > 0`` applies ``cap·tanh(z/cap)`` to the logits.
+    stored tokens per sequence; ``starts`` (B,) is each sequence's first valid position (keys
+    before it, in stored-then-extra order, are masked: left padding); ``softcap > 0`` applies
+    ``cap·tanh(z/cap)`` to the logits.
     ``impl``: ``"tc"`` (tensor cores, mma.sync with hi/lo split operands; needs
     ``head_dim % 16 == 0``), ``"tc2"`` (the same with double-buffered tiles), ``"simt"`` (f32
     FMAs) or ``"auto"`` (tc for caches under about 2M tokens over batch and KV heads, else simt,
@@ -434,6 +437,11 @@ def decode_attention(
                 elen = cp.full(B, e_cap, dtype=cp.int32)
             else:
                 elen = cp.ascontiguousarray(rt.as_cupy(extra_lengths, "extra_lengths"), dtype=cp.int32)
+        cst: Any = _NULL
+        if starts is not None:
+            cst = cp.ascontiguousarray(rt.as_cupy(starts, "starts"), dtype=cp.int32)
+            if cst.shape != (B,):
+                raise ValueError("starts must be (batch,)")
         tiles = max(1, (max_len + 127) // 128)
         if splits is None:
             # many small splits: the last wave of blocks is a small fraction of the work
@@ -457,7 +465,7 @@ def decode_attention(
             (ns, Hkv * nrg, B),
             (128,),
             (qr, qm, kv.key_codes, kv.key_scales, kv.value_codes, kv.value_scales, kcent, vcent,
-             clen, elen, *scal, part_acc, part_ml),
+             clen, elen, cst, *scal, part_acc, part_ml),
             shared_mem=sa,
         )  # fmt: skip
         qraw: Any = _NULL
@@ -470,7 +478,7 @@ def decode_attention(
             fe(
                 (1, Hkv * nrg, B),
                 (128,),
-                (qraw, ke, ve, clen, elen, *scal, part_acc, part_ml),
+                (qraw, ke, ve, clen, elen, cst, *scal, part_acc, part_ml),
                 shared_mem=smem,
             )
         odt = {"float32": cp.float32, "float16": cp.float16, "bfloat16": cp.uint16}[qi.dtype]

@@ -868,7 +868,8 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
                   const u8* __restrict__ kc, const float* __restrict__ ks,
                   const u8* __restrict__ vc, const float* __restrict__ vs,
                   const float* __restrict__ kcent, const float* __restrict__ vcent,
-                  const int* __restrict__ clen, const int* __restrict__ elen, int Hq, int Hkv,
+                  const int* __restrict__ clen, const int* __restrict__ elen,
+                  const int* __restrict__ cstart, int Hq, int Hkv,
                   int Lq, int S_cap, int E_cap, int tps, int nsplit, int window, int nrg,
                   float softcap, float* __restrict__ part_acc, float* __restrict__ part_ml) {
     const AttnParams ap{Hq, Hkv, Lq, S_cap, E_cap, tps, nsplit, window, nrg, softcap};
@@ -881,6 +882,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
     const int tid = threadIdx.x;
     const int cl = clen[b];
     const int total = cl + (elen ? elen[b] : 0);
+    const int cs = cstart ? cstart[b] : 0;  // first valid position (left padding)
 
     for (int i = tid; i < (1 << TQ_KB); i += TQ_THREADS) {
         sm.kcent[i] = kcent[i];
@@ -911,6 +913,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
         const int lo = min_pos - ap.window + 1;
         if (lo > t_lo) t_lo = t_lo + ((lo - t_lo) / TQ_TILE) * TQ_TILE;
     }
+    if (cs > t_lo) t_lo = t_lo + ((cs - t_lo) / TQ_TILE) * TQ_TILE;
     __syncthreads();
 
     float l_part[TQ_RG];
@@ -1061,7 +1064,7 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
                 }
             }
             }
-            const bool tok_ok = tid < n && t < t_hi;
+            const bool tok_ok = tid < n && t < t_hi && t >= cs;
             const float kscale = tok_ok ? kss[tid] : 0.0f;
 #pragma unroll
             for (int r = 0; r < TQ_RG; ++r) {
@@ -1174,11 +1177,13 @@ __device__ __forceinline__ void attn_codes_body(const float* __restrict__ qr, co
     const float *__restrict__ qr, const float *__restrict__ qm, const u8 *__restrict__ kc,     \
         const float *__restrict__ ks, const u8 *__restrict__ vc, const float *__restrict__ vs, \
         const float *__restrict__ kcent, const float *__restrict__ vcent,                      \
-        const int *__restrict__ clen, const int *__restrict__ elen, int Hq, int Hkv, int Lq,   \
-        int S_cap, int E_cap, int tps, int nsplit, int window, int nrg, float softcap,         \
+        const int *__restrict__ clen, const int *__restrict__ elen,                            \
+        const int *__restrict__ cstart, int Hq, int Hkv, int Lq, int S_cap,                    \
+        int E_cap, int tps, int nsplit, int window, int nrg, float softcap,                    \
         float *__restrict__ part_acc, float *__restrict__ part_ml
 #define TQ_CODES_PASS                                                                          \
-    qr, qm, kc, ks, vc, vs, kcent, vcent, clen, elen, Hq, Hkv, Lq, S_cap, E_cap, tps, nsplit,  \
+    qr, qm, kc, ks, vc, vs, kcent, vcent, clen, elen, cstart, Hq, Hkv, Lq, S_cap, E_cap, tps,  \
+        nsplit,                                                                                \
         window, nrg, softcap, part_acc, part_ml
 
 // CUDA-core variant (f32 FMAs from shared-memory centroids).
@@ -1202,7 +1207,7 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS) tq_attn_codes_tc2(TQ_CO
 extern "C" __global__ void __launch_bounds__(TQ_THREADS)
     tq_attn_extra(const float* __restrict__ qraw, const elem_t* __restrict__ ke,
                   const elem_t* __restrict__ ve, const int* __restrict__ clen,
-                  const int* __restrict__ elen, int Hq, int Hkv, int Lq, int S_cap, int E_cap,
+                  const int* __restrict__ elen, const int* __restrict__ cstart, int Hq, int Hkv, int Lq, int S_cap, int E_cap,
                   int tps, int nsplit, int window, int nrg, float softcap,
                   float* __restrict__ part_acc, float* __restrict__ part_ml) {
     const AttnParams ap{Hq, Hkv, Lq, S_cap, E_cap, tps, nsplit, window, nrg, softcap};
@@ -1215,6 +1220,7 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
     const int cl = clen[b];
     const int el = elen ? elen[b] : 0;
     const int total = cl + el;
+    const int cs = cstart ? cstart[b] : 0;  // first valid position (left padding)
     for (int r = 0; r < TQ_RG; ++r) {
         const int row = rg * TQ_RG + r;
         const bool ok = row < R;
@@ -1259,7 +1265,7 @@ extern "C" __global__ void __launch_bounds__(TQ_THREADS)
 #pragma unroll
         for (int r = 0; r < TQ_RG; ++r) {
             const int qp = sm.qpos[r];
-            bool ok = tok_ok && t <= qp && (ap.window <= 0 || t > qp - ap.window);
+            bool ok = tok_ok && t >= cs && t <= qp && (ap.window <= 0 || t > qp - ap.window);
             sc[r] = ok ? cap_logit(dot[r], ap.softcap) : -TQ_INF;
         }
         softmax_tile(sm.ss, sc, 1.0f, l_part, sm.P);

@@ -8,6 +8,8 @@
   (``rust/turboquant/src/kv/mod.rs`` layout) and in-place appends for decode steps.
 - :func:`decode_attention`: softmax attention computed from the codes (split over the
   sequence, GQA-aware, with a full-precision segment, masks, soft-capping, log-sum-exp).
+- :class:`GpuKVLayerStore`, :func:`gpu_packed_attention`: ``KVLayerStore`` / ``packed_attention``
+  on the device (what ``TurboQuantKVCache`` and ``TurboQuantCache`` use for CUDA tensors).
 
 The ``.cu`` sources ship in ``kernels/`` and are compiled once per device and configuration
 through ``cupy.RawModule``. cupy is optional (``pip install turboquant_rs[cuda]``): this package
@@ -17,6 +19,7 @@ imports with numpy alone, and GPU calls without cupy raise an ImportError naming
 from __future__ import annotations
 
 from ._runtime import available, is_gpu_array
+from .kv_store import GpuKVLayerStore, gpu_packed_attention
 from .ops import (
     PackedKV,
     decode_attention,
@@ -30,10 +33,12 @@ from .ops import (
 from .tables import rotation_tables
 
 __all__ = [
+    "GpuKVLayerStore",
     "PackedKV",
     "available",
     "decode_attention",
     "dequantize",
+    "gpu_packed_attention",
     "is_gpu_array",
     "layout_of",
     "quantize",

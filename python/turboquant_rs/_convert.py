@@ -23,6 +23,11 @@ def is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
+def is_cuda(x: Any) -> bool:
+    """True for a CUDA torch tensor (without importing torch)."""
+    return is_torch(x) and x.device.type == "cuda"
+
+
 def kind_of(x: Any) -> str:
     """'torch' for tensors, else 'numpy'."""
     return TORCH if is_torch(x) else NUMPY

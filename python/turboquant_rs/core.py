@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import as_int, as_rows, to_kind
+from ._convert import as_int, as_rows, is_cuda, to_kind
 from ._native import TurboQuantError
 
 #: ``TurboQuantOutput.kind`` of outputs whose buffers are CUDA torch tensors (the GPU path).
@@ -21,11 +21,6 @@ CUDA = "cuda"
 
 #: Stored-scale rules: "lsq" (default, lowest MSE), "norm" (the paper's ‖x‖), "proj" (exact ⟨x̂, x⟩).
 SCALES = ("lsq", "norm", "proj")
-
-
-def _is_cuda(x: Any) -> bool:
-    device = getattr(x, "device", None)
-    return type(x).__module__.startswith("torch") and getattr(device, "type", "") == "cuda"
 
 
 @dataclass(frozen=True)
@@ -138,7 +133,7 @@ class TurboQuant:
         """Quantizes ``x`` of shape (..., dim): numpy float16/32/64 or a CPU torch tensor; a CUDA
         tensor (float32/16, bfloat16) is quantized on the GPU into CUDA buffers of the same bytes
         (MSE mode with the default "lsq" scale)."""
-        if _is_cuda(x):
+        if is_cuda(x):
             return self._quantize_gpu(x)
         rows, lead, kind = as_rows(x, self.dim)
         codes, scales, signs, rnorms = self._q.quantize(rows)
@@ -149,11 +144,7 @@ class TurboQuant:
     def _gpu_ops(self) -> Any:
         from .cuda import _runtime, ops
 
-        if not _runtime.available():
-            raise TurboQuantError(
-                "CUDA tensors need cupy and a CUDA device for the GPU path: pip install "
-                "'turboquant-rs[cuda]' (CUDA 12) or 'turboquant-rs[cuda13]' (CUDA 13)"
-            )
+        _runtime.require_device()
         if self.unbiased or self.scale != "lsq":
             raise TurboQuantError(
                 "the GPU path quantizes in MSE mode with scale='lsq' (unbiased=False); "
@@ -218,7 +209,7 @@ class TurboQuant:
         """
         self._check(output)
         if output.kind == CUDA:
-            if not _is_cuda(query):
+            if not is_cuda(query):
                 raise TurboQuantError("the output is on the GPU: the query must be a CUDA tensor")
             x = self.dequantize(output).reshape(-1, self.dim)
             q = query.detach().float()

@@ -1077,20 +1077,6 @@ def _dense_attention(
     return torch.matmul(probs, value.float()).to(query.dtype)
 
 
-def _runs(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of a (B, L) bool mask, the [start, end) of its True run (one run: left/right padding)."""
-    b, n = valid.shape
-    any_ = valid.any(dim=1)
-    start = torch.where(any_, valid.int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
-    end = torch.where(any_, n - valid.flip(1).int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
-    width = torch.arange(n)[None, :]
-    if not torch.equal((width >= start[:, None]) & (width < end[:, None]), valid):
-        raise ValueError(
-            "the key mask over stored tokens must be one contiguous run per sequence (left padding)"
-        )
-    return start, end
-
-
 def _multi_store_attention(
     query: torch.Tensor,
     stores: list[Any],
@@ -1120,9 +1106,9 @@ def _multi_store_attention(
         lo_s = (lo - offset).clamp(0, length).expand(b, q_len).clone()
         hi_s = (hi - offset).clamp(0, length).expand(b, q_len).clone()
         if key_valid is not None:
-            start, end = _runs(key_valid[:, offset : offset + length].cpu())
-            lo_s = torch.maximum(lo_s, start[:, None])
-            hi_s = torch.minimum(hi_s, end[:, None])
+            start, end = _kv().contiguous_runs(key_valid[:, offset : offset + length])
+            lo_s = torch.maximum(lo_s, torch.from_numpy(start)[:, None])
+            hi_s = torch.minimum(hi_s, torch.from_numpy(end)[:, None])
         offset += length
         if bool((hi_s <= lo_s).all()):
             continue

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._convert import as_int, is_torch, kind_of, to_kind
+from ._convert import as_int, is_cuda, is_torch, kind_of, to_kind
 from ._native import TurboQuantError
 
 #: Bytes per coordinate of the fp16 baseline that memory ratios are measured against.
@@ -48,20 +48,11 @@ def _float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def is_cuda(x: Any) -> bool:
-    """True for a CUDA torch tensor (without importing torch)."""
-    return is_torch(x) and x.device.type == "cuda"
-
-
 def _gpu_store(head_dim: int, num_heads: int, **kwargs: Any) -> Any:
     """A ``cuda.kv_store.GpuKVLayerStore``; a clear error naming the extra without cupy."""
     from .cuda import _runtime
 
-    if not _runtime.available():
-        raise TurboQuantError(
-            "CUDA tensors need cupy and a CUDA device for the GPU path: pip install "
-            "'turboquant-rs[cuda]' (CUDA 12) or 'turboquant-rs[cuda13]' (CUDA 13)"
-        )
+    _runtime.require_device()
     from .cuda.kv_store import GpuKVLayerStore
 
     return GpuKVLayerStore(head_dim, num_heads, **kwargs)
@@ -310,6 +301,40 @@ def _check_attend_args(q: np.ndarray, scaling: float, softcap: float | None) -> 
     """The checks the codes' attend makes, for the parts computed here (sink tokens, window)."""
     if not np.isfinite(q).all():
         raise TurboQuantError("query must be finite (NaN or Inf found)")
+    _check_scalars(scaling, softcap)
+
+
+def check_attention_layout(
+    q_shape: tuple[int, ...],
+    extra_shape: tuple[int, ...] | None,
+    extra_values_shape: tuple[int, ...] | None,
+    n_stored: int,
+    scaling: float | None,
+    softcap: float | None,
+    sliding_window: int | None,
+) -> tuple[int, float]:
+    """The checks of ``packed_attention``'s shapes and scalars (CPU and GPU engines alike):
+    returns (keys in total, the scale)."""
+    bsz, hq, ql, d = (int(v) for v in q_shape)
+    e = 0
+    if extra_shape is not None:
+        ks, vs = tuple(int(v) for v in extra_shape), tuple(int(v) for v in extra_values_shape or ())
+        if ks != vs or ks[0] != bsz or ks[3] != d:
+            raise TurboQuantError(f"extra keys {ks} and values {vs} must be (batch={bsz}, H_kv, E, {d})")
+        if hq % ks[1]:
+            raise TurboQuantError(f"query heads ({hq}) must be a multiple of the KV heads ({ks[1]})")
+        e = ks[2]
+    total = int(n_stored) + e
+    if ql > total:
+        raise TurboQuantError(f"{ql} queries but only {total} keys: queries are the last positions")
+    scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
+    _check_scalars(scale, softcap)
+    if sliding_window is not None and int(sliding_window) < 1:
+        raise TurboQuantError(f"sliding_window must be positive, got {sliding_window}")
+    return total, scale
+
+
+def _check_scalars(scaling: float, softcap: float | None) -> None:
     if not (math.isfinite(float(scaling)) and float(scaling) > 0):
         raise TurboQuantError(f"scaling must be positive and finite, got {scaling}")
     if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0):
@@ -354,8 +379,12 @@ def _merge(
     return out.astype(np.float32), lse.astype(np.float32)
 
 
-def _contiguous_runs(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a bool matrix, the [start, end) of its True run; raises if a row has two."""
+def contiguous_runs(valid: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a (B, L) bool mask (numpy, or a torch tensor on any device), the [start, end)
+    of its True run as int64 numpy arrays; raises if a row has two (a mask with holes)."""
+    if is_torch(valid):
+        valid = valid.detach().cpu().numpy()
+    valid = np.asarray(valid, dtype=bool)
     b, n = valid.shape
     any_ = valid.any(axis=1)
     start = np.where(any_, valid.argmax(axis=1), 0)
@@ -406,20 +435,12 @@ def packed_attention(
     if extra_keys is not None:
         ek = _float_array(extra_keys, "extra_keys", 4)
         ev = _float_array(extra_values, "extra_values", 4)
-        if ek.shape != ev.shape or ek.shape[0] != bsz or ek.shape[3] != d:
-            raise TurboQuantError(
-                f"extra keys {ek.shape} and values {ev.shape} must be (batch={bsz}, H_kv, E, {d})"
-            )
-        if hq % ek.shape[1]:
-            raise TurboQuantError(f"query heads ({hq}) must be a multiple of the KV heads ({ek.shape[1]})")
         e = ek.shape[2]
-    total = n + e
-    if ql > total:
-        raise TurboQuantError(f"{ql} queries but only {total} keys: queries are the last positions")
-    scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
+    total, scale = check_attention_layout(
+        q.shape, None if extra_keys is None else ek.shape, None if extra_keys is None else ev.shape,
+        n, scaling, softcap, sliding_window,
+    )  # fmt: skip
     _check_attend_args(q, scale, softcap)
-    if sliding_window is not None and int(sliding_window) < 1:
-        raise TurboQuantError(f"sliding_window must be positive, got {sliding_window}")
     pos = np.arange(total - ql, total, dtype=np.int64)  # query positions
     lo = np.zeros(ql, dtype=np.int64) if sliding_window is None else pos - int(sliding_window) + 1
     hi = pos + 1
@@ -438,7 +459,7 @@ def packed_attention(
         lo_b = np.broadcast_to(lo, (bsz, ql))
         hi_b = np.broadcast_to(np.minimum(hi, n), (bsz, ql))
         if valid is not None:
-            start, end = _contiguous_runs(valid[:, :n])
+            start, end = contiguous_runs(valid[:, :n])
             lo_b = np.maximum(lo_b, start[:, None])
             hi_b = np.minimum(hi_b, end[:, None])
     allowed = None

@@ -49,6 +49,18 @@ def available() -> bool:
         return False
 
 
+def require_device() -> None:
+    """Raises ``TurboQuantError`` naming the extra when there is no cupy or no CUDA device (the
+    public API's entry points for CUDA tensors call it first)."""
+    if not available():
+        from .._native import TurboQuantError
+
+        raise TurboQuantError(
+            "CUDA tensors need cupy and a CUDA device for the GPU path: pip install "
+            "'turboquant-rs[cuda]' (CUDA 12) or 'turboquant-rs[cuda13]' (CUDA 13)"
+        )
+
+
 def is_torch(x: Any) -> bool:
     """True for a torch tensor (without importing torch)."""
     return type(x).__module__.startswith("torch")

@@ -16,8 +16,9 @@ softmax in the kernel, and queries beyond 16 go in chunks of 16.
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+import numpy as np
 
 from .._native import TurboQuantError
 from . import ops
@@ -380,22 +381,6 @@ def _merge(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any) -> tuple[Any, Any]:
     return out, lse
 
 
-def _runs(valid: Any) -> tuple[Any, Any]:
-    """Per row of a (B, L) bool mask, the [start, end) of its one True run (left padding)."""
-    torch = _torch()
-    n = valid.shape[1]
-    any_ = valid.any(dim=1)
-    start = torch.where(any_, valid.int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
-    end = torch.where(any_, n - valid.flip(1).int().argmax(dim=1), torch.zeros_like(any_, dtype=torch.long))
-    width = torch.arange(n, device=valid.device)[None, :]
-    if not bool(torch.equal((width >= start[:, None]) & (width < end[:, None]), valid)):
-        raise TurboQuantError(
-            "the GPU attention needs the key mask to be one run per sequence ending at the "
-            "queries (left padding); got a mask with holes or right padding"
-        )
-    return start, end
-
-
 def gpu_packed_attention(
     query: Any,
     store: GpuKVLayerStore | None,
@@ -424,30 +409,18 @@ def gpu_packed_attention(
     if extra_keys is None:
         extra_keys = query.new_empty((b, store.num_kv_heads if store else 1, 0, d))
         extra_values = extra_keys
-    e = int(extra_keys.shape[2])
+    from ..kv_cache import check_attention_layout, contiguous_runs
+
+    total, scale = check_attention_layout(
+        tuple(query.shape), tuple(extra_keys.shape), tuple(extra_values.shape), n_sink + n_code,
+        scaling, softcap, sliding_window,
+    )  # fmt: skip
     hkv = int(extra_keys.shape[1])
-    if extra_values.shape != extra_keys.shape or extra_keys.shape[0] != b or extra_keys.shape[3] != d:
-        raise TurboQuantError(
-            f"extra keys {tuple(extra_keys.shape)} and values {tuple(extra_values.shape)} must be "
-            f"(batch={b}, H_kv, E, {d})"
-        )
     if store is not None and store.seq_len and (store.batch_size != b or store.num_kv_heads != hkv):
         raise TurboQuantError(
             f"query batch {b} / extra KV heads {hkv} do not match the store's "
             f"{store.batch_size} / {store.num_kv_heads}"
         )
-    if hq % hkv:
-        raise TurboQuantError(f"query heads ({hq}) must be a multiple of the KV heads ({hkv})")
-    total = n_sink + n_code + e
-    if ql > total:
-        raise TurboQuantError(f"{ql} queries but only {total} keys: queries are the last positions")
-    scale = 1.0 / math.sqrt(d) if scaling is None else float(scaling)
-    if not (math.isfinite(scale) and scale > 0):
-        raise TurboQuantError(f"scaling must be positive and finite, got {scaling}")
-    if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0):
-        raise TurboQuantError(f"softcap must be positive and finite, got {softcap}")
-    if sliding_window is not None and int(sliding_window) < 1:
-        raise TurboQuantError(f"sliding_window must be positive, got {sliding_window}")
     if not bool(torch.isfinite(query).all()):
         raise TurboQuantError("query must be finite (NaN or Inf found)")
     win = 0 if sliding_window is None else int(sliding_window)
@@ -456,12 +429,13 @@ def gpu_packed_attention(
         valid = torch.as_tensor(key_valid, device=dev).bool().reshape(b, -1)
         if valid.shape[1] != total:
             raise TurboQuantError(f"key_valid must have shape ({b}, {total}), got {tuple(valid.shape)}")
-        st, end = _runs(valid)
-        if bool(((end != total) & valid.any(dim=1)).any()):
+        st, end = contiguous_runs(valid)
+        some = end > st  # rows with at least one valid key
+        if ((end != total) & some).any():
             raise TurboQuantError(
                 "the GPU attention needs left padding (each sequence's valid keys end at the queries)"
             )
-        start = torch.where(valid.any(dim=1), st, torch.full_like(st, total))
+        start = torch.as_tensor(np.where(some, st, total), device=dev)
     sink = None if store is None else store.sink
     qpos = torch.arange(total - ql, total, device=dev)  # logical query positions
     if n_code == 0:

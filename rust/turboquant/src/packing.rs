@@ -184,6 +184,11 @@ fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8;
         {
             let at = 16 * B * c + 16 * t;
             let width = (nb - 16 * t).min(16);
+            #[cfg(target_arch = "x86_64")]
+            if m == 16 && width == 16 {
+                transpose_full_tile(packed, rb, at, dst);
+                continue;
+            }
             let mut tile = [[0u8; 16]; 16];
             for (l, row) in tile.iter_mut().enumerate().take(m) {
                 let start = l * rb + at;
@@ -195,6 +200,36 @@ fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8;
                 }
             }
             dst.copy_from_slice(&transpose16_u8(&tile));
+        }
+        if B <= 4 {
+            // A group's B bytes (≤ 32 bits) assembled per lane into one u32, then the 8 codes
+            // shifted out at constant offsets (no per-code byte shifts, which x86 lacks).
+            for (g, group) in codes.chunks_mut(8).enumerate() {
+                let mut word = [0u32; 16];
+                for k in 0..B {
+                    for l in 0..16 {
+                        word[l] |= (bytes[g * B + k][l] as u32) << (8 * k);
+                    }
+                }
+                if group.len() == 8 {
+                    // constant shifts: each call is one code of the group
+                    extract_code::<B, 0>(&word, &mut group[0]);
+                    extract_code::<B, 1>(&word, &mut group[1]);
+                    extract_code::<B, 2>(&word, &mut group[2]);
+                    extract_code::<B, 3>(&word, &mut group[3]);
+                    extract_code::<B, 4>(&word, &mut group[4]);
+                    extract_code::<B, 5>(&word, &mut group[5]);
+                    extract_code::<B, 6>(&word, &mut group[6]);
+                    extract_code::<B, 7>(&word, &mut group[7]);
+                } else {
+                    for (i, code) in group.iter_mut().enumerate() {
+                        for l in 0..16 {
+                            code[l] = ((word[l] >> (i * B)) as u8) & mask;
+                        }
+                    }
+                }
+            }
+            continue;
         }
         for (g, group) in codes.chunks_mut(8).enumerate() {
             for (i, code) in group.iter_mut().enumerate() {
@@ -212,6 +247,36 @@ fn unpack_block_const<const B: usize>(packed: &[u8], m: usize, block: &mut [[u8;
                 }
             }
         }
+    }
+}
+
+/// Code `I` of a group of 8 `B`-bit codes, per lane, from the group's bytes as one `u32`.
+#[inline(always)]
+fn extract_code<const B: usize, const I: usize>(word: &[u32; 16], code: &mut [u8; 16]) {
+    let mask = ((1u16 << B) - 1) as u8;
+    for l in 0..16 {
+        code[l] = ((word[l] >> (I * B)) as u8) & mask;
+    }
+}
+
+/// `dst[k][l]` = byte `at + k` of row `l` for 16 rows of `rb` bytes (a full 16-byte tile),
+/// loaded into registers and transposed there (SSE2, the x86-64 baseline).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose_full_tile(packed: &[u8], rb: usize, at: usize, dst: &mut [[u8; 16]]) {
+    use crate::simd::transpose::sse2::{transpose_regs_bitrev, REV4};
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86-64 baseline; each load reads a bounds-checked 16-byte
+    // slice, unaligned.
+    let mut rows = [unsafe { _mm_setzero_si128() }; 16];
+    for (l, row) in rows.iter_mut().enumerate() {
+        let src = &packed[l * rb + at..l * rb + at + 16];
+        // SAFETY: as above.
+        *row = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
+    }
+    for (col, &k) in transpose_regs_bitrev(rows).iter().zip(&REV4) {
+        // SAFETY: SSE2 baseline; an unaligned 16-byte store into the `[u8; 16]` `dst[k]`.
+        unsafe { _mm_storeu_si128(dst[k].as_mut_ptr().cast(), *col) };
     }
 }
 

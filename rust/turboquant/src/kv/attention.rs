@@ -6,14 +6,14 @@
 //! online-softmax state and value sums per row, and the chunks of a row are merged exactly at
 //! the end (split-KV, as flash-decoding does).
 
-use super::kernels::{self, RowBounds, RowState, MAX_ROWS};
+use super::kernels::{self, RowBounds, RowState};
 use super::side::{SideCodec, SideStream};
 use super::store::{checked_size, KvStore};
 use crate::error::{Error, Result};
 use crate::packing::unpack_block;
 use crate::parallel;
 use crate::simd::kernels::LANES;
-use crate::simd::lanes::{self, Lanes};
+use crate::simd::lanes::{self, Lanes, DOT_ROWS as MAX_ROWS};
 use crate::simd::SimdLevel;
 
 /// What an attention call asks for.
@@ -352,7 +352,7 @@ impl KvStore {
                 for r0 in (0..n).step_by(MAX_ROWS) {
                     let r1 = (r0 + MAX_ROWS).min(n);
                     let (block, scores) = (&s.block[..dp], &mut s.scores[r0..r1]);
-                    kernels::dot_rows(level, block, &rq[r0 * dp..r1 * dp], scores);
+                    lanes::dot_rows_lanes(level, block, &rq[r0 * dp..r1 * dp], scores);
                 }
             }
             s.bounds.clear();
@@ -384,7 +384,7 @@ impl KvStore {
                     let dp = self.value.parts[part].dim();
                     decode_part(level, &self.value, vstream, part, t, m, s);
                     lanes::store_rows(level, &s.block[..dp], dp, &mut s.rows[..LANES * dp]);
-                    kernels::accumulate_rows(level, &s.rows[..LANES * dp], &s.scores[..n], a);
+                    lanes::accumulate_rows_lanes(level, &s.rows[..LANES * dp], &s.scores[..n], a);
                 }
             }
             t += m;

@@ -1,104 +1,13 @@
-//! The arithmetic of attention over a block of [`LANES`] decoded tokens (coordinate-major,
-//! `block[j][l]` = coordinate `j` of token `l`): scores of up to [`MAX_ROWS`] query rows, the
-//! online-softmax step and the weighted value sums. Each kernel is one body compiled per SIMD
-//! level; fused multiply-adds are `f32::mul_add` on every level (a hardware FMA where there is
-//! one), so every level computes bit-identical results.
+//! The softmax arithmetic of attention over a block of [`LANES`] tokens: the online-softmax
+//! step on the rows' scores and the rescaling of their value sums (the scores and the weighted
+//! value sums are the register kernels `dot_rows_lanes` and `accumulate_rows_lanes` of
+//! [`crate::simd::lanes`]). Each kernel is one body compiled per SIMD level; fused multiply-adds
+//! are `f32::mul_add` on every level (a hardware FMA where there is one), so every level
+//! computes bit-identical results.
 
 use crate::simd::kernels::LANES;
 use crate::simd::lanes::Lanes;
 use crate::simd::multiversion;
-
-/// Query rows scored per pass (their accumulators stay in registers).
-pub const MAX_ROWS: usize = 8;
-
-/// `out[r] = Σ_j q[r][j] · block[j]` for `N` rows of `q` (row-major, `block.len()` each).
-#[inline(always)]
-fn dot_rows_n<const N: usize>(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
-    let d = block.len();
-    let mut acc = [[0.0f32; LANES]; N];
-    for (j, col) in block.iter().enumerate() {
-        for (r, a) in acc.iter_mut().enumerate() {
-            let w = q[r * d + j];
-            for l in 0..LANES {
-                a[l] = w.mul_add(col[l], a[l]);
-            }
-        }
-    }
-    out[..N].copy_from_slice(&acc);
-}
-
-multiversion! {
-    /// Adds `Σ_j q[r][j] · block[j]` to `out[r]` for the `out.len() ≤ MAX_ROWS` rows of `q`.
-    pub fn dot_rows(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
-        let mut part = [[0.0f32; LANES]; MAX_ROWS];
-        match out.len() {
-            1 => dot_rows_n::<1>(block, q, &mut part),
-            2 => dot_rows_n::<2>(block, q, &mut part),
-            3 => dot_rows_n::<3>(block, q, &mut part),
-            4 => dot_rows_n::<4>(block, q, &mut part),
-            5 => dot_rows_n::<5>(block, q, &mut part),
-            6 => dot_rows_n::<6>(block, q, &mut part),
-            7 => dot_rows_n::<7>(block, q, &mut part),
-            _ => dot_rows_n::<8>(block, q, &mut part),
-        }
-        for (o, p) in out.iter_mut().zip(&part) {
-            for l in 0..LANES {
-                o[l] += p[l];
-            }
-        }
-    }
-}
-
-/// Output coordinates of one row accumulated per pass (four AVX-512 registers).
-const ACC_CHUNK: usize = 64;
-
-/// `out[k] += Σ_l w[l] · rows[l·dim + c0 + k]` for `k < W`, the `W` sums held in registers
-/// across the block's tokens.
-#[inline(always)]
-fn accumulate_chunk<const W: usize>(
-    rows: &[f32],
-    dim: usize,
-    c0: usize,
-    w: &Lanes,
-    out: &mut [f32],
-) {
-    let mut a = [0.0f32; W];
-    a.copy_from_slice(&out[c0..c0 + W]);
-    for (l, &wl) in w.iter().enumerate() {
-        let row = &rows[l * dim + c0..l * dim + c0 + W];
-        for k in 0..W {
-            a[k] = wl.mul_add(row[k], a[k]);
-        }
-    }
-    out[c0..c0 + W].copy_from_slice(&a);
-}
-
-multiversion! {
-    /// Weighted value sums of one block: `acc[r·dim + j] += Σ_l w[r][l] · rows[l·dim + j]` for
-    /// the `w.len()` rows, where `rows` holds the block's [`LANES`] decoded value rows
-    /// (token-major, `dim = rows.len() / LANES`) and `acc` the rows' sums (`w.len() × dim`).
-    pub fn accumulate_rows(rows: &[f32], w: &[Lanes], acc: &mut [f32]) {
-        let dim = rows.len() / LANES;
-        for (wr, out) in w.iter().zip(acc.chunks_exact_mut(dim)) {
-            let mut c0 = 0;
-            while c0 + ACC_CHUNK <= dim {
-                accumulate_chunk::<ACC_CHUNK>(rows, dim, c0, wr, out);
-                c0 += ACC_CHUNK;
-            }
-            while c0 + LANES <= dim {
-                accumulate_chunk::<LANES>(rows, dim, c0, wr, out);
-                c0 += LANES;
-            }
-            for k in c0..dim {
-                let mut a = out[k];
-                for (l, &wl) in wr.iter().enumerate() {
-                    a = wl.mul_add(rows[l * dim + k], a);
-                }
-                out[k] = a;
-            }
-        }
-    }
-}
 
 multiversion! {
     /// `acc[r·dim + j] *= f[r]` for the `n = f.len()` rows of `dim = acc.len() / n` sums (a
@@ -130,7 +39,10 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5);
     let e = (p * r).mul_add(r, r) + 1.0;
-    let pow = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the float itself: n + 127 (0..=254 after the clamp) lands in the low mantissa
+    // bits of 1.5·2^23 + n + 127, and the shift moves it into the exponent field. (A saturating
+    // `n as i32` cast does not vectorize.)
+    let pow = f32::from_bits((n + (127.0 + 12_582_912.0)).to_bits() << 23);
     let v = e * pow;
     if x < -87.0 {
         0.0
@@ -141,22 +53,13 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// Logit transform of one lane: `z = scaling · (bias + score)`, soft-capped when `cap > 0`
-/// (`cap · tanh(z / cap)`), and `−∞` outside the row's token range.
+/// Soft-cap of one logit: `cap · tanh(z / cap)`.
 #[inline(always)]
-fn logit(score: f32, bias: f32, scaling: f32, cap: f32, inside: bool) -> f32 {
-    let mut z = scaling * (bias + score);
-    if cap > 0.0 {
-        let y = z / cap;
-        let e = exp(-2.0 * y.abs());
-        let t = (1.0 - e) / (1.0 + e);
-        z = cap * if y < 0.0 { -t } else { t };
-    }
-    if inside {
-        z
-    } else {
-        f32::NEG_INFINITY
-    }
+fn soft_cap(z: f32, cap: f32) -> f32 {
+    let y = z / cap;
+    let e = exp(-2.0 * y.abs());
+    let t = (1.0 - e) / (1.0 + e);
+    cap * if y < 0.0 { -t } else { t }
 }
 
 /// One query row's state of the online softmax.
@@ -217,11 +120,24 @@ multiversion! {
         factors: &mut [f32],
     ) {
         for (((s, b), st), f) in scores.iter_mut().zip(rows).zip(states.iter_mut()).zip(factors.iter_mut()) {
+            // z = scaling · (bias + score), soft-capped when cap > 0, −∞ outside the row's
+            // lanes [lo, hi) (the branches are uniform over the lanes; the lane loops vectorize).
             let mut z = [0.0f32; LANES];
             for l in 0..LANES {
-                let t = l as i64;
-                let inside = l < m && t >= b.lo && t < b.hi;
-                z[l] = logit(s[l], b.bias, scaling, cap, inside);
+                z[l] = scaling * (b.bias + s[l]);
+            }
+            if cap > 0.0 {
+                for v in z.iter_mut() {
+                    *v = soft_cap(*v, cap);
+                }
+            }
+            let lo = b.lo.clamp(0, LANES as i64) as i32;
+            let hi = b.hi.clamp(0, m.min(LANES) as i64) as i32;
+            if lo > 0 || hi < LANES as i32 {
+                for (l, v) in z.iter_mut().enumerate() {
+                    let li = l as i32;
+                    *v = if li >= lo && li < hi { *v } else { f32::NEG_INFINITY };
+                }
             }
             let bmax = halving_tree(z, f32::max);
             let new_max = st.max.max(bmax);

@@ -23,6 +23,8 @@ trait Row: Copy {
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
+    /// `self · o + a` per lane, one rounding (the attention kernels' fused multiply-add).
+    fn mul_add(self, o: Self, a: Self) -> Self;
     /// Per lane: `if self < than { yes } else { no }`.
     /// `out[j][l] = rows[l·dim + j]` for the `m = rows.len()/dim ≤ LANES` rows, zero beyond.
     #[inline(always)]
@@ -109,6 +111,10 @@ impl Row for Portable {
     fn mul(self, o: Self) -> Self {
         Portable(std::array::from_fn(|l| self.0[l] * o.0[l]))
     }
+    #[inline(always)]
+    fn mul_add(self, o: Self, a: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l].mul_add(o.0[l], a.0[l])))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -160,6 +166,16 @@ mod x86 {
         fn mul(self, o: Self) -> Self {
             // SAFETY: AVX is enabled in every caller.
             unsafe { Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn mul_add(self, o: Self, a: Self) -> Self {
+            // SAFETY: AVX and FMA are enabled in every caller.
+            unsafe {
+                Avx2(
+                    _mm256_fmadd_ps(self.0, o.0, a.0),
+                    _mm256_fmadd_ps(self.1, o.1, a.1),
+                )
+            }
         }
         #[inline(always)]
         fn encode_small(y: Self, cells: &CellTable, centroids: &[f32; 16]) -> ([u8; 16], Self) {
@@ -319,6 +335,11 @@ mod x86 {
         fn mul(self, o: Self) -> Self {
             // SAFETY: AVX-512F is enabled in every caller.
             unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul_add(self, o: Self, a: Self) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller.
+            unsafe { Avx512(_mm512_fmadd_ps(self.0, o.0, a.0)) }
         }
         #[inline(always)]
         fn load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
@@ -710,6 +731,140 @@ lane_kernel! {
         let s = R::load(s);
         for ((o, r), v) in out.iter_mut().zip(x).zip(values) {
             R::load(r).sub(s.mul(R::load(v))).store(o);
+        }
+    }
+}
+
+/// Query rows scored per pass of [`dot_rows_lanes`] (their sums stay in registers).
+pub const DOT_ROWS: usize = 8;
+
+/// `out[r] += Σ_j q[r][j] · block[j]` for `N` rows of `q` (row-major, `block.len()` each):
+/// even and odd coordinates summed apart (`2N` independent FMA chains) and added at the end.
+#[inline(always)]
+fn dot_rows_n<R: Row, const N: usize>(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
+    let d = block.len();
+    let qr: [&[f32]; N] = std::array::from_fn(|r| &q[r * d..(r + 1) * d]);
+    let mut even = [R::splat(0.0); N];
+    let mut odd = [R::splat(0.0); N];
+    let mut j = 0;
+    while j + 2 <= d {
+        let (c0, c1) = (R::load(&block[j]), R::load(&block[j + 1]));
+        for r in 0..N {
+            even[r] = c0.mul_add(R::splat(qr[r][j]), even[r]);
+            odd[r] = c1.mul_add(R::splat(qr[r][j + 1]), odd[r]);
+        }
+        j += 2;
+    }
+    if j < d {
+        let c = R::load(&block[j]);
+        for r in 0..N {
+            even[r] = c.mul_add(R::splat(qr[r][j]), even[r]);
+        }
+    }
+    for r in 0..N {
+        R::load(&out[r]).add(even[r].add(odd[r])).store(&mut out[r]);
+    }
+}
+
+lane_kernel! {
+    /// Attention scores of one block (coordinate-major, `block[j][l]` = coordinate `j` of token
+    /// `l`): `out[r] += Σ_j q[r][j] · block[j]` for the `out.len() ≤ DOT_ROWS` rows of `q`.
+    pub fn dot_rows_lanes(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
+        match out.len() {
+            0 => {}
+            1 => dot_rows_n::<R, 1>(block, q, out),
+            2 => dot_rows_n::<R, 2>(block, q, out),
+            3 => dot_rows_n::<R, 3>(block, q, out),
+            4 => dot_rows_n::<R, 4>(block, q, out),
+            5 => dot_rows_n::<R, 5>(block, q, out),
+            6 => dot_rows_n::<R, 6>(block, q, out),
+            7 => dot_rows_n::<R, 7>(block, q, out),
+            _ => dot_rows_n::<R, 8>(block, q, out),
+        }
+    }
+}
+
+/// Rows accumulated per pass of [`accumulate_rows_lanes`]: they share each load of a value row.
+const ACC_ROWS: usize = 4;
+
+/// `out[r·dim + c0 + 16k + i] += Σ_l w[r][l] · rows[l·dim + c0 + 16k + i]` for `N` rows and
+/// `K` groups of 16 coordinates, the `N·K` sums in registers, summed in token order.
+#[inline(always)]
+fn accumulate_tile<R: Row, const N: usize, const K: usize>(
+    rows: &[f32],
+    dim: usize,
+    c0: usize,
+    w: &[Lanes],
+    out: &mut [f32],
+) {
+    let at = |buf: &[f32], i: usize| -> Lanes { buf[i..i + LANES].try_into().expect("16 values") };
+    let mut a = [[R::splat(0.0); K]; N];
+    for (r, ar) in a.iter_mut().enumerate() {
+        for (k, v) in ar.iter_mut().enumerate() {
+            *v = R::load(&at(out, r * dim + c0 + k * LANES));
+        }
+    }
+    for (l, token) in rows.chunks_exact(dim).take(LANES).enumerate() {
+        let v: [R; K] = std::array::from_fn(|k| R::load(&at(token, c0 + k * LANES)));
+        for r in 0..N {
+            let wl = R::splat(w[r][l]);
+            for k in 0..K {
+                a[r][k] = v[k].mul_add(wl, a[r][k]);
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        for (k, v) in ar.iter().enumerate() {
+            let i = r * dim + c0 + k * LANES;
+            let mut o = [0.0f32; LANES];
+            v.store(&mut o);
+            out[i..i + LANES].copy_from_slice(&o);
+        }
+    }
+}
+
+/// [`accumulate_rows_lanes`] for `N` rows: 32-coordinate tiles, a 16-coordinate tile, then the
+/// last `dim mod 16` coordinates one by one (the same token order).
+#[inline(always)]
+fn accumulate_group<R: Row, const N: usize>(
+    rows: &[f32],
+    dim: usize,
+    w: &[Lanes],
+    out: &mut [f32],
+) {
+    let mut c0 = 0;
+    while c0 + 2 * LANES <= dim {
+        accumulate_tile::<R, N, 2>(rows, dim, c0, w, out);
+        c0 += 2 * LANES;
+    }
+    if c0 + LANES <= dim {
+        accumulate_tile::<R, N, 1>(rows, dim, c0, w, out);
+        c0 += LANES;
+    }
+    for (r, wr) in w.iter().enumerate().take(N) {
+        for k in c0..dim {
+            let mut a = out[r * dim + k];
+            for (l, &wl) in wr.iter().enumerate() {
+                a = rows[l * dim + k].mul_add(wl, a);
+            }
+            out[r * dim + k] = a;
+        }
+    }
+}
+
+lane_kernel! {
+    /// Weighted value sums of one block: `acc[r·dim + j] += Σ_l w[r][l] · rows[l·dim + j]` for
+    /// the `w.len()` rows, where `rows` holds the block's [`LANES`] decoded value rows
+    /// (token-major, `dim = rows.len() / LANES`) and `acc` the rows' sums (`w.len() × dim`).
+    pub fn accumulate_rows_lanes(rows: &[f32], w: &[Lanes], acc: &mut [f32]) {
+        let dim = rows.len() / LANES;
+        for (wg, out) in w.chunks(ACC_ROWS).zip(acc.chunks_mut(ACC_ROWS * dim)) {
+            match wg.len() {
+                1 => accumulate_group::<R, 1>(rows, dim, wg, out),
+                2 => accumulate_group::<R, 2>(rows, dim, wg, out),
+                3 => accumulate_group::<R, 3>(rows, dim, wg, out),
+                _ => accumulate_group::<R, 4>(rows, dim, wg, out),
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ from turboquant_rs.adaptive import (  # noqa: E402
     gradient_allocation,
     layer_attention_error,
     measure_attention_errors,
+    measure_output_errors,
     uniform_allocation,
 )
 
@@ -101,13 +102,28 @@ def test_layer_error_falls_with_bits() -> None:
     assert layer_attention_error(q, k, v, (3, None)) < errs[2] * 1.01
 
 
+def test_output_errors_rank_widths_and_layers(tiny_llama: torch.nn.Module) -> None:
+    table = measure_output_errors(tiny_llama, _byte_tokenizer, bit_options=[2, 3, 4, 8], max_tokens=96)
+    assert len(table) == 4
+    for row in table:
+        assert row[2] > row[3] > row[4] > row[8] >= 0
+        assert row[8] < 0.05 * row[2]
+    # the default measure of from_model and of the seed's call form
+    cache = AdaptiveKVCache.from_model(tiny_llama, _byte_tokenizer, head_dim=16, max_tokens=96)
+    assert cache.calibration_errors == [{w: r[w] for w in (2, 3, 4)} for r in table]
+    seed_form = calibration_allocation(tiny_llama, _byte_tokenizer, None, [2, 3, 4], 3.0, max_tokens=96)
+    assert seed_form == calibration_allocation(cache.calibration_errors, 3.0)
+    with pytest.raises(ValueError, match="measure"):
+        AdaptiveKVCache.from_model(tiny_llama, _byte_tokenizer, measure="mse")
+
+
 def test_from_model_on_a_tiny_llama(tiny_llama: torch.nn.Module) -> None:
     table = measure_attention_errors(tiny_llama, _byte_tokenizer, bit_options=[2, 3, 4], max_tokens=128)
     assert len(table) == 4
     for row in table:
         assert row[2] > row[3] > row[4] > 0
     cache = AdaptiveKVCache.from_model(
-        tiny_llama, _byte_tokenizer, head_dim=16, target_avg_bits=3.0, max_tokens=128
+        tiny_llama, _byte_tokenizer, head_dim=16, target_avg_bits=3.0, max_tokens=128, measure="attention"
     )
     assert cache.n_layers == 4
     assert cache.average_bits == pytest.approx(3.0)

@@ -4,10 +4,14 @@ Layers differ in how much a quantized cache hurts them. This module chooses a wi
 (one int, or a ``(key_bits, value_bits)`` pair) and applies it:
 
 - `uniform_allocation` and `gradient_allocation` are the seed's fixed schedules;
-- `measure_attention_errors` runs a model once over calibration text, quantizes each layer's real
-  keys and values at every candidate width, and measures what reaches the residual stream: the
-  error of the layer's attention *output* (after its output projection), relative to the hidden
-  state it is added to. Raw key MSE, which the seed ranked by, tracks key magnitude instead;
+- `measure_output_errors` (the default measure) quantizes one layer's real keys and values at a
+  time, at every candidate width, and measures what that layer's attention-output error does to
+  the model's next-token distribution (KL divergence from the exact pass): layers whose error
+  the later layers amplify cost more than the residual stream's size suggests;
+- `measure_attention_errors` runs a model once over calibration text and measures what reaches
+  the residual stream: the error of each layer's attention *output* (after its output
+  projection), relative to the hidden state it is added to. Raw key MSE, which the seed ranked
+  by, tracks key magnitude instead;
 - `calibration_allocation` spends a bit budget greedily where the measured error falls most per
   bit, landing on the target average exactly or just under it;
 - `AdaptiveKVCache` holds one `turboquant_rs.kv_cache.TurboQuantKVCache` per distinct width and
@@ -166,9 +170,9 @@ def calibration_allocation(errors: Any, *args: Any, **kwargs: Any) -> list[Layer
 
     - ``calibration_allocation(errors, target_avg_bits=3.0)``: ``errors[i]`` maps each candidate
       width of layer ``i`` (an int, or a ``(key_bits, value_bits)`` pair costing their mean) to
-      its measured error (e.g. from `measure_attention_errors`).
+      its measured error (e.g. from `measure_output_errors` or `measure_attention_errors`).
     - the seed's ``calibration_allocation(model, tokenizer, calibration_text, bit_options=None,
-      target_avg_bits=3.0)``: measures the errors first (`measure_attention_errors`).
+      target_avg_bits=3.0, measure="output")``: measures the errors first (`measure_errors`).
 
     Every layer starts at its cheapest width; then, greedily, the upgrade (to any dearer width of
     one layer) that lowers the error most per extra bit and still fits the budget
@@ -184,8 +188,7 @@ def calibration_allocation(errors: Any, *args: Any, **kwargs: Any) -> list[Layer
         params = dict(zip(names, args, strict=False))
         params.update(kwargs)
         target = float(params.pop("target_avg_bits", 3.0))
-        table = measure_attention_errors(errors, **params)
-        return calibration_allocation(table, target)
+        return calibration_allocation(measure_errors(errors, **params), target)
     if len(args) > 1:
         raise TypeError("calibration_allocation(errors, target_avg_bits) takes one positional target")
     target = float(args[0] if args else kwargs.pop("target_avg_bits", 3.0))
@@ -257,12 +260,19 @@ def _reference_attention(
 
 
 def quantized_kv(
-    keys: Any, values: Any, bits: Any, *, seed: int = 0, n_outlier_channels: int = 0
+    keys: Any,
+    values: Any,
+    bits: Any,
+    *,
+    seed: int = 0,
+    n_outlier_channels: int = 0,
+    sink_tokens: int = 0,
 ) -> tuple[Any, Any]:
     """``keys``/``values`` (B, H, S, D) after a round trip through a packed store at ``bits``.
 
     ``bits`` is an int, a ``(key_bits, value_bits)`` pair, or a pair with ``None`` on one side to
-    keep that side exact (to tell key error from value error). Returns float32 torch tensors.
+    keep that side exact (to tell key error from value error); the first ``sink_tokens`` tokens
+    stay exact, as the cache keeps them. Returns float32 torch tensors.
     """
     import torch
 
@@ -277,6 +287,7 @@ def quantized_kv(
         vb if vb is not None else 8,
         key_outliers=n_outlier_channels,
         seed=seed,
+        sink_tokens=sink_tokens,
     )
     store.append(keys, values)
     k, v = store.decompress()
@@ -299,6 +310,7 @@ def layer_attention_error(
     seed: int = 0,
     n_outlier_channels: int = 0,
     skip_first: int = 1,
+    sink_tokens: int = 0,
 ) -> float:
     """Error one layer's attention output takes when its K/V are quantized at ``bits``.
 
@@ -308,13 +320,15 @@ def layer_attention_error(
     (B, S, Hq·D)) when given, and each token's squared error is divided by the squared norm of
     ``residual`` (B, S, hidden), the hidden state the output is added to; without them, by the
     exact output's. Returns the mean over tokens (the first ``skip_first`` skipped: the first
-    token sees only itself, exactly).
+    token sees only itself, exactly). ``sink_tokens`` first tokens stay exact (`quantized_kv`).
     """
     import torch
 
     d = int(query.shape[-1])
     scale = d**-0.5 if scaling is None else float(scaling)
-    kq, vq = quantized_kv(keys, values, bits, seed=seed, n_outlier_channels=n_outlier_channels)
+    kq, vq = quantized_kv(
+        keys, values, bits, seed=seed, n_outlier_channels=n_outlier_channels, sink_tokens=sink_tokens
+    )
     kw = {"scaling": scale, "sliding_window": sliding_window, "softcap": softcap}
     with torch.no_grad():
         exact = _reference_attention(query, keys, values, **kw)
@@ -349,6 +363,42 @@ def _find_out_proj(module: Any) -> Any:
     return None
 
 
+def _exact_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+    """What the model's own attention computes (SDPA; soft-capped logits in float32)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kw.get("softcap") is not None:
+        scale = kw.get("scaling") or query.shape[-1] ** -0.5
+        out = _reference_attention(
+            query, key, value, scaling=scale, sliding_window=kw.get("sliding_window"), softcap=kw["softcap"]
+        )
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    kw.pop("softcap", None)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+
+def _forward_with_attention(model: Any, input_ids: Any, attend: Any, **kwargs: Any) -> Any:
+    """One no-grad forward of ``model`` over ``input_ids`` with ``attend`` as its attention
+    function (registered under a private name, with SDPA's mask), the model's own restored after."""
+    import inspect
+
+    import torch
+    from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+    from transformers.masking_utils import sdpa_mask
+
+    name = "turboquant_rs_calibrate"
+    AttentionInterface.register(name, attend)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        with torch.no_grad():
+            return model(input_ids=input_ids, use_cache=True, **kwargs, **{arg: DynamicCache()})
+    finally:
+        model.set_attn_implementation(previous)
+
+
 def capture_attention(model: Any, input_ids: Any) -> list[dict[str, Any]]:
     """Runs ``model`` once over ``input_ids`` (1, S) and records every self-attention call.
 
@@ -358,11 +408,6 @@ def capture_attention(model: Any, input_ids: Any) -> list[dict[str, Any]]:
     ``residual`` (the hidden state entering that decoder layer, when the model reports hidden
     states and the layer index is known).
     """
-    import torch
-    from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import sdpa_mask
-
     records: list[dict[str, Any]] = []
 
     def grab(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
@@ -378,35 +423,9 @@ def capture_attention(model: Any, input_ids: Any) -> list[dict[str, Any]]:
                 "layer_idx": getattr(module, "layer_idx", None),
             }
         )
-        if kw.get("softcap") is not None:
-            scale = kw.get("scaling") or query.shape[-1] ** -0.5
-            out = _reference_attention(
-                query,
-                key,
-                value,
-                scaling=scale,
-                sliding_window=kw.get("sliding_window"),
-                softcap=kw["softcap"],
-            )
-            return out.to(query.dtype).transpose(1, 2).contiguous(), None
-        kw.pop("softcap", None)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+        return _exact_attention(module, query, key, value, attention_mask, **kw)
 
-    name = "turboquant_rs_calibrate"
-    AttentionInterface.register(name, grab)
-    AttentionMaskInterface.register(name, sdpa_mask)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        import inspect
-
-        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        with torch.no_grad():
-            out = model(
-                input_ids=input_ids, use_cache=True, output_hidden_states=True, **{arg: DynamicCache()}
-            )
-    finally:
-        model.set_attn_implementation(previous)
+    out = _forward_with_attention(model, input_ids, grab, output_hidden_states=True)
     hidden = getattr(out, "hidden_states", None)
     for r in records:
         i = r["layer_idx"]
@@ -442,6 +461,7 @@ def measure_attention_errors(
     max_tokens: int = 512,
     seed: int = 0,
     n_outlier_channels: int = 0,
+    sink_tokens: int = 1,
 ) -> list[dict[LayerBits, float]]:
     """Per-layer attention-output error of each candidate width, measured on real K/V.
 
@@ -450,7 +470,8 @@ def measure_attention_errors(
     each attention layer's queries and K/V; each candidate in ``bit_options`` (ints and/or
     ``(key_bits, value_bits)`` pairs; default ``[2, 3, 4]``) is then scored with
     `layer_attention_error` (output projection applied, relative to the residual stream), using
-    the rotation seed ``seed + layer`` that `TurboQuantCache` gives that layer.
+    the rotation seed ``seed + layer`` that `TurboQuantCache` gives that layer and its
+    ``sink_tokens`` exact first tokens.
 
     Returns:
         One {width: error} dict per decoder layer, ready for `calibration_allocation`.
@@ -480,11 +501,100 @@ def measure_attention_errors(
                     residual=r["residual"],
                     seed=seed + idx,
                     n_outlier_channels=n_outlier_channels,
+                    sink_tokens=sink_tokens,
                 )
                 for w in options
             }
         )
     return table
+
+
+def _next_token_log_probs(out: Any) -> Any:
+    """float32 log-probabilities of every position's next token from a model output."""
+    import torch
+
+    return torch.log_softmax(out.logits.float(), dim=-1)
+
+
+def measure_output_errors(
+    model: Any,
+    tokenizer: Any = None,
+    calibration_text: str | None = None,
+    bit_options: Sequence[Any] | None = None,
+    *,
+    input_ids: Any = None,
+    max_tokens: int = 512,
+    seed: int = 0,
+    n_outlier_channels: int = 0,
+    sink_tokens: int = 1,
+) -> list[dict[LayerBits, float]]:
+    """Per-layer error of each candidate width as the model's output sees it.
+
+    For each attention layer and each width of ``bit_options`` (default ``[2, 3, 4]``; pairs
+    allowed), one forward pass over the calibration text in which only that layer attends to
+    its K/V after the round trip through the packed format (`quantized_kv`, the layer's rotation
+    seed ``seed + layer``, ``sink_tokens`` exact first tokens) measures the mean KL divergence of
+    the next-token distributions from the exact pass'. This is the layer's attention-output
+    error carried through every later layer to the prediction, so a layer whose error the
+    residual stream absorbs costs little and one whose error the later layers amplify costs
+    much (`measure_attention_errors` stops at the residual stream). ``layers × widths + 1``
+    forward passes.
+
+    Returns:
+        One {width: KL} dict per attention layer (call order), ready for `calibration_allocation`.
+    """
+    import torch
+
+    if input_ids is None:
+        if tokenizer is None:
+            raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
+        input_ids = _calibration_ids(tokenizer, calibration_text, max_tokens)
+    options = [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
+    state: dict[str, Any] = {"calls": 0, "target": -1, "bits": None}
+
+    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        j = state["calls"]
+        state["calls"] += 1
+        if j == state["target"]:
+            idx = getattr(module, "layer_idx", None)
+            idx = idx if isinstance(idx, int) and idx >= 0 else j
+            kq, vq = quantized_kv(
+                key,
+                value,
+                _pair(state["bits"], "width"),
+                seed=seed + idx,
+                n_outlier_channels=n_outlier_channels,
+                sink_tokens=sink_tokens,
+            )
+            key, value = kq.to(key.dtype), vq.to(value.dtype)
+        return _exact_attention(module, query, key, value, attention_mask, **kw)
+
+    exact = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
+    n_layers = state["calls"]
+    if n_layers == 0:
+        raise ValueError("the model ran no attention layer on the calibration text: nothing to allocate")
+    p = exact.exp()
+    table: list[dict[LayerBits, float]] = []
+    for layer in range(n_layers):
+        row: dict[LayerBits, float] = {}
+        for w in options:
+            state.update(calls=0, target=layer, bits=w)
+            approx = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
+            kl = (p * (exact - approx)).sum(-1)[:, 1:]
+            row[w] = max(float(kl.mean()), 0.0) if torch.isfinite(kl).all() else math.inf
+        table.append(row)
+    return table
+
+
+def measure_errors(
+    model: Any, *args: Any, measure: str = "output", **kwargs: Any
+) -> list[dict[LayerBits, float]]:
+    """The per-layer error table by the named measure: ``"output"`` (`measure_output_errors`,
+    the default) or ``"attention"`` (`measure_attention_errors`); other arguments go to it."""
+    measures = {"output": measure_output_errors, "attention": measure_attention_errors}
+    if measure not in measures:
+        raise ValueError(f"measure must be one of {sorted(measures)}, got {measure!r}")
+    return measures[measure](model, *args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,20 +751,27 @@ class AdaptiveKVCache:
         bit_options: Sequence[Any] | None = None,
         max_tokens: int = 512,
         seed: int = 0,
+        measure: str = "output",
+        sink_tokens: int = 1,
         **kwargs: Any,
     ) -> AdaptiveKVCache:
         """Calibrated widths for ``model``: measure, then allocate at ``target_avg_bits``.
 
-        Runs `measure_attention_errors` on ``calibration_text`` (default
-        `DEFAULT_CALIBRATION_TEXT`) with the candidate widths ``bit_options`` (default
-        ``[2, 3, 4]``; ``(key, value)`` pairs allowed) and allocates with
-        `calibration_allocation`. The measured table is kept in ``calibration_errors``.
+        Measures each layer's error at the candidate widths ``bit_options`` (default
+        ``[2, 3, 4]``; ``(key, value)`` pairs allowed) on ``calibration_text`` (default
+        `DEFAULT_CALIBRATION_TEXT`) and allocates with `calibration_allocation`. ``measure``:
+        ``"output"`` (default, `measure_output_errors`: the layer's attention error as the
+        model's next-token distribution sees it, ``layers × widths`` forward passes) or
+        ``"attention"`` (`measure_attention_errors`: one pass, the error where the layer's
+        output joins the residual stream). ``sink_tokens`` is the cache's count of exact first
+        tokens (`TurboQuantCache`'s default 1). The measured table is kept in
+        ``calibration_errors``.
 
         Raises:
-            ValueError: if ``head_dim`` does not match the model's keys, or the target is below
-                the cheapest option.
+            ValueError: if ``head_dim`` does not match the model's keys, the target is below
+                the cheapest option, or ``measure`` is unknown.
         """
-        table = measure_attention_errors(
+        table = measure_errors(
             model,
             tokenizer,
             calibration_text,
@@ -662,6 +779,8 @@ class AdaptiveKVCache:
             max_tokens=max_tokens,
             seed=seed,
             n_outlier_channels=n_outlier_channels,
+            sink_tokens=sink_tokens,
+            measure=measure,
         )
         bits = calibration_allocation(table, target_avg_bits)
         tc = (

@@ -10,7 +10,7 @@ use super::kernels::{self, RowBounds, RowState};
 use super::side::{SideCodec, SideStream};
 use super::store::{checked_size, KvStore};
 use crate::error::{Error, Result};
-use crate::packing::unpack_block;
+use crate::packing::{block_to_rows, unpack_block, unpack_rows};
 use crate::parallel;
 use crate::simd::kernels::LANES;
 use crate::simd::lanes::{self, Lanes, DOT_ROWS as MAX_ROWS};
@@ -76,6 +76,10 @@ struct Scratch {
     scores: Vec<Lanes>,
     factors: Vec<f32>,
     bounds: Vec<RowBounds>,
+    /// The block's value codes, token-major (`LANES × d_p`).
+    value_codes: Vec<u8>,
+    /// The rows' softmax weights times each token's value scale.
+    weights: Vec<Lanes>,
 }
 
 impl Scratch {
@@ -87,8 +91,28 @@ impl Scratch {
             scores: vec![[0.0; LANES]; GROUP_ROWS],
             factors: vec![1.0; GROUP_ROWS],
             bounds: Vec::with_capacity(GROUP_ROWS),
+            value_codes: vec![0; LANES * d],
+            weights: vec![[0.0; LANES]; GROUP_ROWS],
         }
     }
+}
+
+/// The centroids of part `p`'s codebook padded to 16 entries, when it has at most 16 (the
+/// codes-direct kernels read such a table from one register).
+fn small_table(side: &SideCodec, p: usize) -> Option<[f32; 16]> {
+    let c = side.parts[p].codebook().centroids();
+    (c.len() <= 16).then(|| {
+        let mut t = [0.0f32; 16];
+        t[..c.len()].copy_from_slice(c);
+        t
+    })
+}
+
+/// The scales of tokens `t .. t + m` of part `p` of a stream, zero in lanes `m..`.
+fn block_scales(stream: &SideStream, p: usize, t: usize, m: usize) -> Lanes {
+    let mut scale = [0.0f32; LANES];
+    scale[..m].copy_from_slice(&stream.parts[p].scales[t..t + m]);
+    scale
 }
 
 /// Decodes part `p` of tokens `t .. t + m` of a stream into `s.block` (coordinate-major, each
@@ -112,13 +136,11 @@ fn decode_part(
         q.mse_bits(),
         &mut s.codes[..dp],
     );
-    let mut scale = [0.0f32; LANES];
-    scale[..m].copy_from_slice(&rows.scales[t..t + m]);
     lanes::decode_lanes(
         level,
         &s.codes[..dp],
         q.codebook().centroids(),
-        &scale,
+        &block_scales(stream, p, t, m),
         &mut s.block[..dp],
     );
 }
@@ -339,6 +361,12 @@ impl KvStore {
             .iter()
             .map(|q| vec![0.0; n * q.dim()])
             .collect();
+        let key_tables: Vec<_> = (0..self.key.parts.len())
+            .map(|p| small_table(&self.key, p))
+            .collect();
+        let value_tables: Vec<_> = (0..self.value.parts.len())
+            .map(|p| small_table(&self.value, p))
+            .collect();
         let mut t = task.t0;
         while t < task.t1 {
             let m = LANES.min(task.t1 - t);
@@ -347,8 +375,22 @@ impl KvStore {
             }
             for (part, q) in self.key.parts.iter().enumerate() {
                 let dp = q.dim();
-                decode_part(level, &self.key, kstream, part, t, m, s);
                 let rq = &sq.rotated[part][task.row0 * dp..(task.row0 + n) * dp];
+                if let Some(table) = &key_tables[part] {
+                    // codes → centroids inside the dot products; the scales once per sum
+                    let (cb, rows) = (q.code_bytes(), &kstream.parts[part]);
+                    let packed = &rows.codes[t * cb..(t + m) * cb];
+                    unpack_block(level, packed, m, q.mse_bits(), &mut s.codes[..dp]);
+                    let scale = block_scales(kstream, part, t, m);
+                    for r0 in (0..n).step_by(MAX_ROWS) {
+                        let r1 = (r0 + MAX_ROWS).min(n);
+                        let (codes, scores) = (&s.codes[..dp], &mut s.scores[r0..r1]);
+                        let qs = &rq[r0 * dp..r1 * dp];
+                        lanes::dot_codes_lanes(level, codes, table, &scale, qs, scores);
+                    }
+                    continue;
+                }
+                decode_part(level, &self.key, kstream, part, t, m, s);
                 for r0 in (0..n).step_by(MAX_ROWS) {
                     let r1 = (r0 + MAX_ROWS).min(n);
                     let (block, scores) = (&s.block[..dp], &mut s.scores[r0..r1]);
@@ -381,7 +423,28 @@ impl KvStore {
             }
             if s.scores[..n].iter().any(|w| w.iter().any(|&v| v != 0.0)) {
                 for (part, a) in acc.iter_mut().enumerate() {
-                    let dp = self.value.parts[part].dim();
+                    let q = &self.value.parts[part];
+                    let dp = q.dim();
+                    if let Some(table) = &value_tables[part] {
+                        // token-major codes read through the table; the scales join the weights
+                        let (cb, rows) = (q.code_bytes(), &vstream.parts[part]);
+                        let codes = &mut s.value_codes[..LANES * dp];
+                        let (packed, bits) = (&rows.codes[t * cb..(t + m) * cb], q.mse_bits());
+                        if matches!(bits, 1 | 2 | 4) {
+                            unpack_rows(level, packed, m, dp, bits, codes);
+                            codes[m * dp..].fill(0);
+                        } else {
+                            // (columns m.. of the block are code 0)
+                            unpack_block(level, packed, m, bits, &mut s.codes[..dp]);
+                            block_to_rows(&s.codes[..dp], codes);
+                        }
+                        let scale = block_scales(vstream, part, t, m);
+                        for (w, p) in s.weights[..n].iter_mut().zip(&s.scores[..n]) {
+                            *w = std::array::from_fn(|l| p[l] * scale[l]);
+                        }
+                        lanes::accumulate_codes_lanes(level, codes, table, &s.weights[..n], a);
+                        continue;
+                    }
                     decode_part(level, &self.value, vstream, part, t, m, s);
                     lanes::store_rows(level, &s.block[..dp], dp, &mut s.rows[..LANES * dp]);
                     lanes::accumulate_rows_lanes(level, &s.rows[..LANES * dp], &s.scores[..n], a);

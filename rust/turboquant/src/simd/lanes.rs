@@ -738,17 +738,22 @@ lane_kernel! {
 /// Query rows scored per pass of [`dot_rows_lanes`] (their sums stay in registers).
 pub const DOT_ROWS: usize = 8;
 
-/// `out[r] += Σ_j q[r][j] · block[j]` for `N` rows of `q` (row-major, `block.len()` each):
-/// even and odd coordinates summed apart (`2N` independent FMA chains) and added at the end.
+/// `out[r] += post ⊙ Σ_j q[r][j] · col(j)` for `N` rows of `q` (row-major, `d` each): even and
+/// odd coordinates summed apart (`2N` independent FMA chains) and added at the end.
 #[inline(always)]
-fn dot_rows_n<R: Row, const N: usize>(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
-    let d = block.len();
+fn dot_rows_n<R: Row, const N: usize>(
+    d: usize,
+    col: impl Fn(usize) -> R,
+    q: &[f32],
+    post: R,
+    out: &mut [Lanes],
+) {
     let qr: [&[f32]; N] = std::array::from_fn(|r| &q[r * d..(r + 1) * d]);
     let mut even = [R::splat(0.0); N];
     let mut odd = [R::splat(0.0); N];
     let mut j = 0;
     while j + 2 <= d {
-        let (c0, c1) = (R::load(&block[j]), R::load(&block[j + 1]));
+        let (c0, c1) = (col(j), col(j + 1));
         for r in 0..N {
             even[r] = c0.mul_add(R::splat(qr[r][j]), even[r]);
             odd[r] = c1.mul_add(R::splat(qr[r][j + 1]), odd[r]);
@@ -756,13 +761,31 @@ fn dot_rows_n<R: Row, const N: usize>(block: &[Lanes], q: &[f32], out: &mut [Lan
         j += 2;
     }
     if j < d {
-        let c = R::load(&block[j]);
+        let c = col(j);
         for r in 0..N {
             even[r] = c.mul_add(R::splat(qr[r][j]), even[r]);
         }
     }
     for r in 0..N {
-        R::load(&out[r]).add(even[r].add(odd[r])).store(&mut out[r]);
+        R::load(&out[r])
+            .add(even[r].add(odd[r]).mul(post))
+            .store(&mut out[r]);
+    }
+}
+
+/// [`dot_rows_n`] for `out.len() ≤ DOT_ROWS` rows.
+#[inline(always)]
+fn dot_rows_any<R: Row>(d: usize, col: impl Fn(usize) -> R, q: &[f32], post: R, out: &mut [Lanes]) {
+    match out.len() {
+        0 => {}
+        1 => dot_rows_n::<R, 1>(d, col, q, post, out),
+        2 => dot_rows_n::<R, 2>(d, col, q, post, out),
+        3 => dot_rows_n::<R, 3>(d, col, q, post, out),
+        4 => dot_rows_n::<R, 4>(d, col, q, post, out),
+        5 => dot_rows_n::<R, 5>(d, col, q, post, out),
+        6 => dot_rows_n::<R, 6>(d, col, q, post, out),
+        7 => dot_rows_n::<R, 7>(d, col, q, post, out),
+        _ => dot_rows_n::<R, 8>(d, col, q, post, out),
     }
 }
 
@@ -770,28 +793,59 @@ lane_kernel! {
     /// Attention scores of one block (coordinate-major, `block[j][l]` = coordinate `j` of token
     /// `l`): `out[r] += Σ_j q[r][j] · block[j]` for the `out.len() ≤ DOT_ROWS` rows of `q`.
     pub fn dot_rows_lanes(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
-        match out.len() {
-            0 => {}
-            1 => dot_rows_n::<R, 1>(block, q, out),
-            2 => dot_rows_n::<R, 2>(block, q, out),
-            3 => dot_rows_n::<R, 3>(block, q, out),
-            4 => dot_rows_n::<R, 4>(block, q, out),
-            5 => dot_rows_n::<R, 5>(block, q, out),
-            6 => dot_rows_n::<R, 6>(block, q, out),
-            7 => dot_rows_n::<R, 7>(block, q, out),
-            _ => dot_rows_n::<R, 8>(block, q, out),
-        }
+        dot_rows_any::<R>(block.len(), |j| R::load(&block[j]), q, R::splat(1.0), out);
+    }
+}
+
+lane_kernel! {
+    /// Attention scores straight from a coordinate-major code block of a codebook of at most 16
+    /// entries (`table`, padded to 16): `out[r] += scale ⊙ Σ_j q[r][j] · table[codes[j]]` for the
+    /// `out.len() ≤ DOT_ROWS` rows of `q` (the tokens' scales applied once, to the sums).
+    pub fn dot_codes_lanes(codes: &[[u8; LANES]], table: &[f32; 16], scale: &Lanes, q: &[f32], out: &mut [Lanes]) {
+        dot_rows_any::<R>(codes.len(), |j| R::lookup16(&codes[j], table), q, R::load(scale), out);
     }
 }
 
 /// Rows accumulated per pass of [`accumulate_rows_lanes`]: they share each load of a value row.
 const ACC_ROWS: usize = 4;
 
+/// Where a block's token-major value rows come from: decoded floats, or codes and a table.
+#[derive(Clone, Copy)]
+enum ValueRows<'a> {
+    /// `LANES × dim` decoded values.
+    Floats(&'a [f32]),
+    /// `LANES × dim` codes of a codebook of at most 16 entries (padded to 16).
+    Codes(&'a [u8], &'a [f32; 16]),
+}
+
+impl ValueRows<'_> {
+    /// Coordinates `i .. i + 16` of the flat token-major block.
+    #[inline(always)]
+    fn at<R: Row>(self, i: usize) -> R {
+        match self {
+            ValueRows::Floats(v) => R::load(v[i..i + LANES].try_into().expect("16 values")),
+            ValueRows::Codes(c, t) => {
+                let codes: &[u8; LANES] = c[i..i + LANES].try_into().expect("16 codes");
+                R::lookup16(codes, t)
+            }
+        }
+    }
+
+    /// Coordinate `i` of the flat token-major block.
+    #[inline(always)]
+    fn one(self, i: usize) -> f32 {
+        match self {
+            ValueRows::Floats(v) => v[i],
+            ValueRows::Codes(c, t) => t[c[i] as usize],
+        }
+    }
+}
+
 /// `out[r·dim + c0 + 16k + i] += Σ_l w[r][l] · rows[l·dim + c0 + 16k + i]` for `N` rows and
 /// `K` groups of 16 coordinates, the `N·K` sums in registers, summed in token order.
 #[inline(always)]
 fn accumulate_tile<R: Row, const N: usize, const K: usize>(
-    rows: &[f32],
+    rows: ValueRows<'_>,
     dim: usize,
     c0: usize,
     w: &[Lanes],
@@ -804,12 +858,17 @@ fn accumulate_tile<R: Row, const N: usize, const K: usize>(
             *v = R::load(&at(out, r * dim + c0 + k * LANES));
         }
     }
-    for (l, token) in rows.chunks_exact(dim).take(LANES).enumerate() {
-        let v: [R; K] = std::array::from_fn(|k| R::load(&at(token, c0 + k * LANES)));
-        for r in 0..N {
-            let wl = R::splat(w[r][l]);
+    for l in 0..LANES {
+        // a plain loop, not `array::from_fn`: its closure would be compiled outside this
+        // function's target features, and the lookups with it
+        let mut v = [R::splat(0.0); K];
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = rows.at::<R>(l * dim + c0 + k * LANES);
+        }
+        for (ar, wr) in a.iter_mut().zip(w) {
+            let wl = R::splat(wr[l]);
             for k in 0..K {
-                a[r][k] = v[k].mul_add(wl, a[r][k]);
+                ar[k] = v[k].mul_add(wl, ar[k]);
             }
         }
     }
@@ -823,11 +882,11 @@ fn accumulate_tile<R: Row, const N: usize, const K: usize>(
     }
 }
 
-/// [`accumulate_rows_lanes`] for `N` rows: 32-coordinate tiles, a 16-coordinate tile, then the
-/// last `dim mod 16` coordinates one by one (the same token order).
+/// The weighted sums for `N` rows: 32-coordinate tiles, a 16-coordinate tile, then the last
+/// `dim mod 16` coordinates one by one (the same token order).
 #[inline(always)]
 fn accumulate_group<R: Row, const N: usize>(
-    rows: &[f32],
+    rows: ValueRows<'_>,
     dim: usize,
     w: &[Lanes],
     out: &mut [f32],
@@ -845,9 +904,22 @@ fn accumulate_group<R: Row, const N: usize>(
         for k in c0..dim {
             let mut a = out[r * dim + k];
             for (l, &wl) in wr.iter().enumerate() {
-                a = rows[l * dim + k].mul_add(wl, a);
+                a = rows.one(l * dim + k).mul_add(wl, a);
             }
             out[r * dim + k] = a;
+        }
+    }
+}
+
+/// `acc[r·dim + j] += Σ_l w[r][l] · rows[l·dim + j]` for the `w.len()` rows, four at a time.
+#[inline(always)]
+fn accumulate_any<R: Row>(rows: ValueRows<'_>, dim: usize, w: &[Lanes], acc: &mut [f32]) {
+    for (wg, out) in w.chunks(ACC_ROWS).zip(acc.chunks_mut(ACC_ROWS * dim)) {
+        match wg.len() {
+            1 => accumulate_group::<R, 1>(rows, dim, wg, out),
+            2 => accumulate_group::<R, 2>(rows, dim, wg, out),
+            3 => accumulate_group::<R, 3>(rows, dim, wg, out),
+            _ => accumulate_group::<R, 4>(rows, dim, wg, out),
         }
     }
 }
@@ -857,15 +929,16 @@ lane_kernel! {
     /// the `w.len()` rows, where `rows` holds the block's [`LANES`] decoded value rows
     /// (token-major, `dim = rows.len() / LANES`) and `acc` the rows' sums (`w.len() × dim`).
     pub fn accumulate_rows_lanes(rows: &[f32], w: &[Lanes], acc: &mut [f32]) {
-        let dim = rows.len() / LANES;
-        for (wg, out) in w.chunks(ACC_ROWS).zip(acc.chunks_mut(ACC_ROWS * dim)) {
-            match wg.len() {
-                1 => accumulate_group::<R, 1>(rows, dim, wg, out),
-                2 => accumulate_group::<R, 2>(rows, dim, wg, out),
-                3 => accumulate_group::<R, 3>(rows, dim, wg, out),
-                _ => accumulate_group::<R, 4>(rows, dim, wg, out),
-            }
-        }
+        accumulate_any::<R>(ValueRows::Floats(rows), rows.len() / LANES, w, acc);
+    }
+}
+
+lane_kernel! {
+    /// [`accumulate_rows_lanes`] straight from token-major codes (`LANES × dim`) of a codebook of
+    /// at most 16 entries (`table`, padded to 16): `acc[r·dim + j] += Σ_l w[r][l] ·
+    /// table[codes[l·dim + j]]` (the tokens' scales belong in `w`).
+    pub fn accumulate_codes_lanes(codes: &[u8], table: &[f32; 16], w: &[Lanes], acc: &mut [f32]) {
+        accumulate_any::<R>(ValueRows::Codes(codes, table), codes.len() / LANES, w, acc);
     }
 }
 

@@ -138,16 +138,19 @@ def _codes_roundtrip(head_dim: int, bits: int, center: bool, sink: int) -> Calla
 _ADAPTIVE: dict[str, Any] = {}
 
 
-def adaptive_bits(model: Any, tok: Any, target: float, options: list[Any]) -> list[Any]:
-    """Per-layer widths from AdaptiveKVCache.from_model (cached per option set)."""
+def adaptive_bits(model: Any, tok: Any, target: float, options: list[Any], measure: str) -> list[Any]:
+    """Per-layer widths from AdaptiveKVCache.from_model (cached per option set and measure)."""
     from turboquant_rs.adaptive import AdaptiveKVCache
 
-    key = f"{target}:{options}"
+    key = f"{target}:{options}:{measure}"
     if key not in _ADAPTIVE:
         t0 = time.perf_counter()
-        a = AdaptiveKVCache.from_model(model, tok, target_avg_bits=target, bit_options=options)
+        a = AdaptiveKVCache.from_model(
+            model, tok, target_avg_bits=target, bit_options=options, measure=measure
+        )
         _ADAPTIVE[key] = a
-        print(f"<!-- adaptive {options} calibrated in {time.perf_counter() - t0:.0f}s: {a.layer_bits} -->")
+        took = time.perf_counter() - t0
+        print(f"<!-- adaptive {options} ({measure}) calibrated in {took:.0f}s: {a.layer_bits} -->")
     return list(_ADAPTIVE[key].layer_bits)
 
 
@@ -163,8 +166,8 @@ def make_cache(spec: Spec, model: Any, tok: Any) -> Any:
         enable_turboquant_attention(model)
         opts = dict(spec.options)
         if "adaptive" in opts:
-            target, options = opts.pop("adaptive")
-            opts["layer_bits"] = adaptive_bits(model, tok, target, options)
+            target, options, measure = opts.pop("adaptive")
+            opts["layer_bits"] = adaptive_bits(model, tok, target, options, measure)
         return TurboQuantCache(cfg, bit_width=spec.bits, residual_length=spec.residual, **opts)
     model.set_attn_implementation("sdpa")
     if spec.kind == "dynamic":
@@ -276,14 +279,21 @@ def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
     if residual == 0:
         specs += [
             Spec(
-                "ours adaptive avg 3.0 (2/3/4 per layer)", "ours", 3, residual, {"adaptive": (3.0, [2, 3, 4])}
-            ),
-            Spec(
-                "ours adaptive avg 3.0 (K/V pairs of 2-4)",
+                f"ours adaptive avg 3.0 (2/3/4 per layer, {measure} measure)",
                 "ours",
                 3,
                 residual,
-                {"adaptive": (3.0, [2, 3, 4, (2, 3), (3, 2), (3, 4), (4, 3), (2, 4), (4, 2)])},
+                {"adaptive": (3.0, [2, 3, 4], measure)},
+            )
+            for measure in ("output", "attention")
+        ]
+        specs += [
+            Spec(
+                "ours adaptive avg 3.0 (K/V pairs of 2-4, output measure)",
+                "ours",
+                3,
+                residual,
+                {"adaptive": (3.0, [2, 3, 4, (2, 3), (3, 2), (3, 4), (4, 3), (2, 4), (4, 2)], "output")},
             ),
         ]
     specs += [

@@ -516,6 +516,35 @@ def _next_token_log_probs(out: Any) -> Any:
     return torch.log_softmax(out.logits.float(), dim=-1)
 
 
+def _chunked_attention(
+    query: Any, key: Any, value: Any, kq: Any, vq: Any, chunk: int, **kw: Any
+) -> tuple[Any, None]:
+    """Causal attention of ``query`` in pieces of ``chunk`` positions: each piece attends to the
+    exact ``key``/``value`` of its own positions and to the quantized ``kq``/``vq`` before them.
+    Returns (B, S, Hq, D) in the query's dtype, as an attention function does."""
+    import torch
+
+    s = int(query.shape[2])
+    scale = kw.get("scaling") or query.shape[-1] ** -0.5
+    outs = []
+    for c0 in range(0, s, chunk):
+        c1 = min(c0 + chunk, s)
+        k = torch.cat([kq[:, :, :c0], key[:, :, c0:c1].float()], dim=2)
+        v = torch.cat([vq[:, :, :c0], value[:, :, c0:c1].float()], dim=2)
+        outs.append(
+            _reference_attention(
+                query[:, :, c0:c1],
+                k,
+                v,
+                scaling=scale,
+                sliding_window=kw.get("sliding_window"),
+                softcap=kw.get("softcap"),
+            )
+        )
+    out = torch.cat(outs, dim=2)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
 def measure_output_errors(
     model: Any,
     tokenizer: Any = None,
@@ -527,6 +556,7 @@ def measure_output_errors(
     seed: int = 0,
     n_outlier_channels: int = 0,
     sink_tokens: int = 1,
+    chunk: int = 128,
 ) -> list[dict[LayerBits, float]]:
     """Per-layer error of each candidate width as the model's output sees it.
 
@@ -537,8 +567,11 @@ def measure_output_errors(
     the next-token distributions from the exact pass'. This is the layer's attention-output
     error carried through every later layer to the prediction, so a layer whose error the
     residual stream absorbs costs little and one whose error the later layers amplify costs
-    much (`measure_attention_errors` stops at the residual stream). ``layers × widths + 1``
-    forward passes.
+    much (`measure_attention_errors` stops at the residual stream). As in the cache, the text
+    goes in ``chunk``-token pieces whose tokens attend to each other exactly and to the earlier
+    pieces through the codes (chunked prefill; in decoding, the residual window plays that
+    part); ``chunk=0`` quantizes every token for every query. ``layers × widths + 1`` forward
+    passes.
 
     Returns:
         One {width: KL} dict per attention layer (call order), ready for `calibration_allocation`.
@@ -566,6 +599,8 @@ def measure_output_errors(
                 n_outlier_channels=n_outlier_channels,
                 sink_tokens=sink_tokens,
             )
+            if chunk > 0:
+                return _chunked_attention(query, key, value, kq, vq, chunk, **kw)
             key, value = kq.to(key.dtype), vq.to(value.dtype)
         return _exact_attention(module, query, key, value, attention_mask, **kw)
 

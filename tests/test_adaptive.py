@@ -103,16 +103,24 @@ def test_layer_error_falls_with_bits() -> None:
 
 
 def test_output_errors_rank_widths_and_layers(tiny_llama: torch.nn.Module) -> None:
-    table = measure_output_errors(tiny_llama, _byte_tokenizer, bit_options=[2, 3, 4, 8], max_tokens=96)
+    kw = {"max_tokens": 160, "chunk": 32}
+    table = measure_output_errors(tiny_llama, _byte_tokenizer, bit_options=[2, 3, 4, 8], **kw)
     assert len(table) == 4
     for row in table:
         assert row[2] > row[3] > row[4] > row[8] >= 0
         assert row[8] < 0.05 * row[2]
+    # every token through the codes costs more than the chunked protocol
+    every = measure_output_errors(tiny_llama, _byte_tokenizer, bit_options=[2], max_tokens=160, chunk=0)
+    assert sum(r[2] for r in every) > sum(r[2] for r in table)
+    with pytest.raises(ValueError, match="chunk"):
+        measure_output_errors(tiny_llama, _byte_tokenizer, max_tokens=64, chunk=128)
     # the default measure of from_model and of the seed's call form
-    cache = AdaptiveKVCache.from_model(tiny_llama, _byte_tokenizer, head_dim=16, max_tokens=96)
-    assert cache.calibration_errors == [{w: r[w] for w in (2, 3, 4)} for r in table]
-    seed_form = calibration_allocation(tiny_llama, _byte_tokenizer, None, [2, 3, 4], 3.0, max_tokens=96)
-    assert seed_form == calibration_allocation(cache.calibration_errors, 3.0)
+    cache = AdaptiveKVCache.from_model(tiny_llama, _byte_tokenizer, head_dim=16, max_tokens=160)
+    default = measure_output_errors(tiny_llama, _byte_tokenizer, max_tokens=160)
+    assert cache.calibration_errors == default
+    assert all(r[2] > r[4] > 0 for r in default)
+    seed_form = calibration_allocation(tiny_llama, _byte_tokenizer, None, [2, 3, 4], 3.0, max_tokens=160)
+    assert seed_form == calibration_allocation(default, 3.0)
     with pytest.raises(ValueError, match="measure"):
         AdaptiveKVCache.from_model(tiny_llama, _byte_tokenizer, measure="mse")
 

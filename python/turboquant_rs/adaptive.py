@@ -582,6 +582,11 @@ def measure_output_errors(
         if tokenizer is None:
             raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
         input_ids = _calibration_ids(tokenizer, calibration_text, max_tokens)
+    if chunk > 0 and int(input_ids.shape[-1]) <= chunk:
+        raise ValueError(
+            f"the calibration text ({int(input_ids.shape[-1])} tokens) must be longer than chunk={chunk}: "
+            "otherwise every token attends exactly and nothing is measured"
+        )
     options = [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
     state: dict[str, Any] = {"calls": 0, "target": -1, "bits": None}
 
@@ -806,6 +811,16 @@ class AdaptiveKVCache:
             ValueError: if ``head_dim`` does not match the model's keys, the target is below
                 the cheapest option, or ``measure`` is unknown.
         """
+        tc = (
+            model.config.get_text_config(decoder=True)
+            if hasattr(model.config, "get_text_config")
+            else model.config
+        )
+        d_model = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        if head_dim is None:
+            head_dim = int(d_model)
+        elif int(head_dim) != int(d_model):
+            raise ValueError(f"head_dim={head_dim} but the model's keys have head_dim {d_model}")
         table = measure_errors(
             model,
             tokenizer,
@@ -818,16 +833,6 @@ class AdaptiveKVCache:
             measure=measure,
         )
         bits = calibration_allocation(table, target_avg_bits)
-        tc = (
-            model.config.get_text_config(decoder=True)
-            if hasattr(model.config, "get_text_config")
-            else model.config
-        )
-        d_model = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-        if head_dim is None:
-            head_dim = int(d_model)
-        elif int(head_dim) != int(d_model):
-            raise ValueError(f"head_dim={head_dim} but the model's keys have head_dim {d_model}")
         n_layers = getattr(tc, "num_hidden_layers", len(bits))
         if len(bits) != n_layers:
             raise ValueError(

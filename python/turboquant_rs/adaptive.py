@@ -451,6 +451,23 @@ def _calibration_ids(tokenizer: Any, text: str | None, max_tokens: int) -> Any:
     return ids[:, :max_tokens]
 
 
+def _calibration_inputs(
+    tokenizer: Any, text: str | None, input_ids: Any, max_tokens: int, bit_options: Sequence[Any] | None
+) -> tuple[Any, list[LayerBits]]:
+    """The measures' shared inputs: token ids (given, or of the calibration text) and the
+    candidate widths (default ``[2, 3, 4]``)."""
+    if input_ids is None:
+        if tokenizer is None:
+            raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
+        input_ids = _calibration_ids(tokenizer, text, max_tokens)
+    return input_ids, [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
+
+
+def _layer_index(layer_idx: Any, call: int) -> int:
+    """A layer's index for its rotation seed: the module's own, else its call order."""
+    return layer_idx if isinstance(layer_idx, int) and layer_idx >= 0 else call
+
+
 def measure_attention_errors(
     model: Any,
     tokenizer: Any = None,
@@ -476,17 +493,13 @@ def measure_attention_errors(
     Returns:
         One {width: error} dict per decoder layer, ready for `calibration_allocation`.
     """
-    if input_ids is None:
-        if tokenizer is None:
-            raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
-        input_ids = _calibration_ids(tokenizer, calibration_text, max_tokens)
-    options = [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
+    input_ids, options = _calibration_inputs(tokenizer, calibration_text, input_ids, max_tokens, bit_options)
     records = capture_attention(model, input_ids)
     if not records:
         raise ValueError("the model ran no attention layer on the calibration text: nothing to allocate")
     table: list[dict[LayerBits, float]] = []
     for j, r in enumerate(records):
-        idx = r["layer_idx"] if isinstance(r["layer_idx"], int) and r["layer_idx"] >= 0 else j
+        idx = _layer_index(r["layer_idx"], j)
         table.append(
             {
                 w: layer_attention_error(
@@ -578,24 +591,19 @@ def measure_output_errors(
     """
     import torch
 
-    if input_ids is None:
-        if tokenizer is None:
-            raise ValueError("pass a tokenizer (or input_ids) to measure calibration errors")
-        input_ids = _calibration_ids(tokenizer, calibration_text, max_tokens)
+    input_ids, options = _calibration_inputs(tokenizer, calibration_text, input_ids, max_tokens, bit_options)
     if chunk > 0 and int(input_ids.shape[-1]) <= chunk:
         raise ValueError(
             f"the calibration text ({int(input_ids.shape[-1])} tokens) must be longer than chunk={chunk}: "
             "otherwise every token attends exactly and nothing is measured"
         )
-    options = [_normal(b, "bit_options entry") for b in (bit_options or [2, 3, 4])]
     state: dict[str, Any] = {"calls": 0, "target": -1, "bits": None}
 
     def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
         j = state["calls"]
         state["calls"] += 1
         if j == state["target"]:
-            idx = getattr(module, "layer_idx", None)
-            idx = idx if isinstance(idx, int) and idx >= 0 else j
+            idx = _layer_index(getattr(module, "layer_idx", None), j)
             kq, vq = quantized_kv(
                 key,
                 value,

@@ -153,7 +153,19 @@ multiversion! {
     /// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
     /// the codes of all 16 rows are extracted at once). Columns `m..` are set to code 0.
     pub fn unpack_block(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
-        unpack_block_any(packed, m, bits, block)
+        match bits {
+            1 => unpack_block_const::<1>(packed, m, block),
+            2 => unpack_block_const::<2>(packed, m, block),
+            3 => unpack_block_const::<3>(packed, m, block),
+            #[cfg(target_arch = "x86_64")]
+            4 if m == 16 && block.len().is_multiple_of(32) => unpack_full_block_4bit(packed, block),
+            4 => unpack_block_const::<4>(packed, m, block),
+            5 => unpack_block_const::<5>(packed, m, block),
+            6 => unpack_block_const::<6>(packed, m, block),
+            7 => unpack_block_const::<7>(packed, m, block),
+            _ => unpack_block_const::<8>(packed, m, block),
+        }
+
     }
 }
 
@@ -192,23 +204,6 @@ pub fn block_to_rows(block: &[[u8; 16]], rows: &mut [u8]) {
         for l in 0..16 {
             rows[l * dim + j] = block[j][l];
         }
-    }
-}
-
-/// The body of [`unpack_block`] (inlined into each SIMD level's caller).
-#[inline(always)]
-fn unpack_block_any(packed: &[u8], m: usize, bits: u8, block: &mut [[u8; 16]]) {
-    match bits {
-        1 => unpack_block_const::<1>(packed, m, block),
-        2 => unpack_block_const::<2>(packed, m, block),
-        3 => unpack_block_const::<3>(packed, m, block),
-        #[cfg(target_arch = "x86_64")]
-        4 if m == 16 && block.len().is_multiple_of(32) => unpack_full_block_4bit(packed, block),
-        4 => unpack_block_const::<4>(packed, m, block),
-        5 => unpack_block_const::<5>(packed, m, block),
-        6 => unpack_block_const::<6>(packed, m, block),
-        7 => unpack_block_const::<7>(packed, m, block),
-        _ => unpack_block_const::<8>(packed, m, block),
     }
 }
 

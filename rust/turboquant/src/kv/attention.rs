@@ -1,7 +1,7 @@
 //! Softmax attention read from the packed codes of a [`KvStore`] (see the [module doc](super)).
 //!
 //! Work is split into tasks of (stream, up to [`GROUP_ROWS`] query rows, a chunk of tokens), run
-//! in parallel; each decodes a block of tokens once for all of its rows (scored [`MAX_ROWS`] at a
+//! in parallel; each decodes a block of tokens once for all of its rows (scored [`DOT_ROWS`] at a
 //! time; values turned token-major and summed with the rows' sums held in registers), keeps an
 //! online-softmax state and value sums per row, and the chunks of a row are merged exactly at
 //! the end (split-KV, as flash-decoding does).
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::packing::{block_to_rows, unpack_block, unpack_rows};
 use crate::parallel;
 use crate::simd::kernels::LANES;
-use crate::simd::lanes::{self, Lanes, DOT_ROWS as MAX_ROWS};
+use crate::simd::lanes::{self, Lanes, DOT_ROWS};
 use crate::simd::SimdLevel;
 
 /// What an attention call asks for.
@@ -382,8 +382,8 @@ impl KvStore {
                     let packed = &rows.codes[t * cb..(t + m) * cb];
                     unpack_block(level, packed, m, q.mse_bits(), &mut s.codes[..dp]);
                     let scale = block_scales(kstream, part, t, m);
-                    for r0 in (0..n).step_by(MAX_ROWS) {
-                        let r1 = (r0 + MAX_ROWS).min(n);
+                    for r0 in (0..n).step_by(DOT_ROWS) {
+                        let r1 = (r0 + DOT_ROWS).min(n);
                         let (codes, scores) = (&s.codes[..dp], &mut s.scores[r0..r1]);
                         let qs = &rq[r0 * dp..r1 * dp];
                         lanes::dot_codes_lanes(level, codes, table, &scale, qs, scores);
@@ -391,8 +391,8 @@ impl KvStore {
                     continue;
                 }
                 decode_part(level, &self.key, kstream, part, t, m, s);
-                for r0 in (0..n).step_by(MAX_ROWS) {
-                    let r1 = (r0 + MAX_ROWS).min(n);
+                for r0 in (0..n).step_by(DOT_ROWS) {
+                    let r1 = (r0 + DOT_ROWS).min(n);
                     let (block, scores) = (&s.block[..dp], &mut s.scores[r0..r1]);
                     lanes::dot_rows_lanes(level, block, &rq[r0 * dp..r1 * dp], scores);
                 }

@@ -2,7 +2,9 @@
 //! coordinate `j` of vector `l`): every operation is one vertical SIMD operation on a whole
 //! coordinate row, with no shuffles, whatever the dimension. Per vector they perform exactly
 //! the arithmetic of the one-vector kernels in [`super::kernels`] (same butterflies, same
-//! summation order, no fused multiply-add), so both layouts give bit-identical results.
+//! summation order, no fused multiply-add), so both layouts give bit-identical results. The
+//! attention kernels at the end (`dot_rows_lanes`, `dot_codes_lanes`, `accumulate_*_lanes`)
+//! have no one-vector twin and use `Row::mul_add`, one rounding on every level.
 //!
 //! Each kernel is written once over the `Row` trait and instantiated three times: plain
 //! arrays (portable), two AVX2 registers, one AVX-512 register. (Leaving this to the

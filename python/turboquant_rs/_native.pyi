@@ -165,6 +165,9 @@ class KvStore:
         hi: npt.NDArray[np.int64],
         scaling: float,
         softcap: float | None = None,
+        exact_keys: npt.NDArray[np.float32] | None = None,
+        exact_values: npt.NDArray[np.float32] | None = None,
+        exact_allowed: npt.NDArray[np.uint8] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
     def decompress(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
     def truncate(self, n: int) -> None: ...

@@ -221,8 +221,9 @@ class KVLayerStore:
             return self._native.attend(q, lo_a, hi_a, float(scaling), sc)
         if q.shape[0] != self.batch_size:
             raise TurboQuantError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
-        # ranges are clamped to the stored tokens, as the codes' attend does (a sliding window
-        # wider than the context starts before token 0)
+        # one native call: the sink tokens and the extra ones join the codes' softmax exactly.
+        # Ranges are clamped to the stored tokens, as the codes' attend does (a sliding window
+        # wider than the context starts before token 0).
         pos = np.arange(s)
         allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
         exact_k, exact_v = self._sink_k, self._sink_v
@@ -234,13 +235,14 @@ class KVLayerStore:
                 exact_k = np.concatenate([self._sink_k, ek], axis=2)  # type: ignore[list-item]
                 exact_v = np.concatenate([self._sink_v, ev], axis=2)  # type: ignore[list-item]
                 allowed = np.concatenate([allowed, ea], axis=2)
-        out, lse = _exact_part(q, exact_k, exact_v, allowed, float(scaling), sc)  # type: ignore[arg-type]
-        if self._native.seq_len > 0:
-            clo = np.ascontiguousarray(np.maximum(lo_a - s, 0))
-            chi = np.ascontiguousarray(np.maximum(hi_a - s, clo))
-            oc, lc = self._native.attend(q, clo, chi, float(scaling), sc)
-            out, lse = _merge(out, lse, oc, lc)
-        return out, lse
+        clo = np.ascontiguousarray(np.maximum(lo_a - s, 0))
+        chi = np.ascontiguousarray(np.maximum(hi_a - s, clo))
+        return self._native.attend(
+            q, clo, chi, float(scaling), sc,
+            np.ascontiguousarray(exact_k, dtype=np.float32),
+            np.ascontiguousarray(exact_v, dtype=np.float32),
+            np.ascontiguousarray(allowed, dtype=np.uint8),
+        )  # fmt: skip
 
     def decompress(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored key and value reconstructed, float32 (B, H, S, D) (sink tokens exact)."""
@@ -363,20 +365,6 @@ def _exact_part(
     s0 = s[..., 0]
     lse = np.where(s0 > 0, m_safe[..., 0] + np.log(np.where(s0 > 0, s0, 1.0)), -np.inf)
     return out.reshape(bsz, hq, ql, d).astype(np.float32), lse.reshape(bsz, hq, ql).astype(np.float32)
-
-
-def _merge(
-    out_a: np.ndarray, lse_a: np.ndarray, out_b: np.ndarray, lse_b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One softmax from two normalised parts and their log-sum-exps (zeros where both are empty)."""
-    top = np.maximum(lse_a, lse_b)
-    top = np.where(np.isfinite(top), top, 0.0)
-    wa = np.exp(lse_a - top)[..., None]
-    wb = np.exp(lse_b - top)[..., None]
-    den = wa + wb
-    out = np.where(den > 0, (wa * out_a + wb * out_b) / np.where(den > 0, den, 1.0), 0.0)
-    lse = np.where(den[..., 0] > 0, top + np.log(np.where(den[..., 0] > 0, den[..., 0], 1.0)), -np.inf)
-    return out.astype(np.float32), lse.astype(np.float32)
 
 
 def contiguous_runs(valid: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,11 @@ use crate::args::{Bits, Dim, Seed};
 use crate::errors::{invalid, IntoPy};
 use numpy::ndarray::{Array3, Array4};
 use numpy::{
-    IntoPyArray, PyArray3, PyArray4, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray4,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray3, PyArray4, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+    PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use turboquant::kv::{AttendParams, KvConfig, KvStore, SideSpec};
+use turboquant::kv::{AttendParams, ExactSegment, KvConfig, KvStore, SideSpec};
 
 /// One side's settings as Python sees them: (bits, outliers, outlier_bits, center).
 type SideSettings = (u8, usize, u8, bool);
@@ -147,10 +147,13 @@ impl PyKvStore {
     }
 
     /// Attention of queries (batch, query_heads, q_len, head_dim) over the stored tokens, read
-    /// from the codes: query row (b, i) attends tokens [lo[b, i], hi[b, i]). Returns the
-    /// normalised output (same shape) and the log-sum-exp (batch, query_heads, q_len).
-    #[pyo3(signature = (queries, lo, hi, scaling, softcap=None))]
-    #[allow(clippy::type_complexity)]
+    /// from the codes: query row (b, i) attends tokens [lo[b, i], hi[b, i]). With `exact_keys`
+    /// / `exact_values` (batch, kv_heads, E, head_dim) float32 and `exact_allowed` (batch,
+    /// q_len, E) uint8, those full-precision tokens join the same softmax where allowed is
+    /// non-zero. Returns the normalised output (same shape) and the log-sum-exp (batch,
+    /// query_heads, q_len).
+    #[pyo3(signature = (queries, lo, hi, scaling, softcap=None, exact_keys=None, exact_values=None, exact_allowed=None))]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn attend<'py>(
         &self,
         py: Python<'py>,
@@ -159,6 +162,9 @@ impl PyKvStore {
         hi: PyReadonlyArray2<'py, i64>,
         scaling: f32,
         softcap: Option<f32>,
+        exact_keys: Option<PyReadonlyArray4<'py, f32>>,
+        exact_values: Option<PyReadonlyArray4<'py, f32>>,
+        exact_allowed: Option<PyReadonlyArray3<'py, u8>>,
     ) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyArray3<f32>>)> {
         let c = *self.inner.config();
         let s = queries.shape();
@@ -186,6 +192,45 @@ impl PyKvStore {
         if q.is_empty() {
             return Err(invalid(format!("queries are empty (shape {shape:?})")));
         }
+        let exact = match (&exact_keys, &exact_values, &exact_allowed) {
+            (None, None, None) => None,
+            (Some(k), Some(v), Some(a)) => {
+                let ks = k.shape();
+                if ks[0] != shape[0]
+                    || ks[1] != c.kv_heads
+                    || ks[3] != c.head_dim
+                    || v.shape() != ks
+                {
+                    return Err(invalid(format!(
+                        "exact keys {ks:?} and values {:?} must both be (batch={}, {}, E, {})",
+                        v.shape(),
+                        shape[0],
+                        c.kv_heads,
+                        c.head_dim
+                    )));
+                }
+                if a.shape() != [shape[0], shape[2], ks[2]] {
+                    return Err(invalid(format!(
+                        "exact_allowed must have shape ({}, {}, {}), got {:?}",
+                        shape[0],
+                        shape[2],
+                        ks[2],
+                        a.shape()
+                    )));
+                }
+                Some(ExactSegment {
+                    tokens: ks[2],
+                    keys: k.as_slice().map_err(|_| contiguous("exact_keys"))?,
+                    values: v.as_slice().map_err(|_| contiguous("exact_values"))?,
+                    allowed: a.as_slice().map_err(|_| contiguous("exact_allowed"))?,
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "exact_keys, exact_values and exact_allowed go together".to_string(),
+                ))
+            }
+        };
         let p = AttendParams {
             query_heads: shape[1],
             q_len: shape[2],
@@ -193,6 +238,7 @@ impl PyKvStore {
             hi: hi_s,
             scaling,
             softcap,
+            exact,
         };
         let mut out = vec![0.0f32; q.len()];
         let mut lse = vec![0.0f32; shape[0] * shape[1] * shape[2]];

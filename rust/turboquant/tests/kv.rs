@@ -1,7 +1,7 @@
 //! The KV store: attention from the codes equals attention over the dequantized cache (f64),
 //! appends never re-quantize, masks and GQA, every SIMD level bit-identical.
 
-use turboquant::kv::{AttendParams, KvConfig, KvStore, SideSpec};
+use turboquant::kv::{AttendParams, ExactSegment, KvConfig, KvStore, SideSpec};
 use turboquant::rng::SplitMix64;
 
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
@@ -166,6 +166,7 @@ fn check_case(
         hi: &hi,
         scaling,
         softcap: cap,
+        exact: None,
     };
     let mut out = vec![0.0; q.len()];
     let mut lse = vec![0.0; b * hq * ql];
@@ -216,6 +217,135 @@ fn attention_from_codes_equals_dequantized_reference() {
     );
     // d not a power of two, 2 bits
     check_case(80, 1, 2, 2, 100, 1, side(2, 0), side(2, 0), None, None);
+}
+
+/// Stored codes (`s` tokens) then `e` full-precision tokens in one softmax, against the f64
+/// reference over the dequantized tokens followed by the exact ones (causal queries last).
+fn check_exact_join(s: usize, e: usize, ql: usize, cap: Option<f32>) {
+    let (b, h, hq, d) = (2, 2, 4, 64);
+    let cfg = KvConfig {
+        head_dim: d,
+        kv_heads: h,
+        key: side(3, 0),
+        value: side(4, 0),
+        seed: 1,
+    };
+    let mut store = KvStore::new(cfg).unwrap();
+    if s > 0 {
+        store
+            .append(
+                &gaussian(b * h * s * d, 21),
+                &gaussian(b * h * s * d, 22),
+                b,
+                s,
+            )
+            .unwrap();
+    }
+    let (ek, ev) = (gaussian(b * h * e * d, 23), gaussian(b * h * e * d, 24));
+    let total = s + e;
+    let mut allowed = vec![0u8; b * ql * e];
+    let (mut lo, mut hi) = (vec![0i64; b * ql], vec![0i64; b * ql]);
+    for bi in 0..b {
+        for i in 0..ql {
+            let pos = total - ql + i;
+            lo[bi * ql + i] = if bi == 1 { 3 } else { 0 };
+            hi[bi * ql + i] = (pos + 1) as i64;
+            for t in 0..e {
+                allowed[(bi * ql + i) * e + t] = u8::from(s + t <= pos && s + t >= 3 * bi);
+            }
+        }
+    }
+    let q = gaussian(b * hq * ql * d, 25);
+    let p = AttendParams {
+        query_heads: hq,
+        q_len: ql,
+        lo: &lo,
+        hi: &hi,
+        scaling: 0.125,
+        softcap: cap,
+        exact: Some(ExactSegment {
+            tokens: e,
+            keys: &ek,
+            values: &ev,
+            allowed: &allowed,
+        }),
+    };
+    let (mut out, mut lse) = (vec![0.0; q.len()], vec![0.0; b * hq * ql]);
+    store.attend(&q, &p, &mut out, &mut lse).unwrap();
+    // reference over [dequantized codes ++ exact tokens]
+    let (mut kd, mut vd) = (vec![0.0; b * h * s * d], vec![0.0; b * h * s * d]);
+    store.decompress(&mut kd, &mut vd).unwrap();
+    let join = |a: &[f32], x: &[f32]| -> Vec<f32> {
+        let mut o = Vec::new();
+        for st in 0..b * h {
+            o.extend_from_slice(&a[st * s * d..(st + 1) * s * d]);
+            o.extend_from_slice(&x[st * e * d..(st + 1) * e * d]);
+        }
+        o
+    };
+    let (want, want_lse) = reference(
+        &join(&kd, &ek),
+        &join(&vd, &ev),
+        &q,
+        (b, h, total, d),
+        hq,
+        ql,
+        &lo,
+        &hi,
+        0.125,
+        cap.map(|c| c as f64),
+    );
+    let err = rel_err(&out, &want);
+    assert!(err < 1e-5, "relative error {err} (s {s}, e {e}, q {ql})");
+    for (g, w) in lse.iter().zip(&want_lse) {
+        assert!(
+            (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+            "lse {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn exact_segment_joins_the_codes_softmax() {
+    check_exact_join(200, 9, 1, None); // decode: a residual window and the new token
+    check_exact_join(150, 40, 12, Some(20.0)); // chunked prefill rows, soft-capping
+    check_exact_join(0, 17, 5, None); // nothing stored yet: the exact part alone
+}
+
+#[test]
+fn exact_segment_shapes_and_values_are_checked() {
+    let cfg = KvConfig {
+        head_dim: 64,
+        kv_heads: 1,
+        key: side(4, 0),
+        value: side(4, 0),
+        seed: 0,
+    };
+    let store = KvStore::new(cfg).unwrap();
+    let q = gaussian(64, 1);
+    let mut k = gaussian(3 * 64, 2);
+    let (mut out, mut lse) = (vec![0.0; 64], vec![0.0; 1]);
+    let attend = |k: &[f32], allowed: &[u8], out: &mut [f32], lse: &mut [f32]| {
+        let p = AttendParams {
+            query_heads: 1,
+            q_len: 1,
+            lo: &[0],
+            hi: &[3],
+            scaling: 0.125,
+            softcap: None,
+            exact: Some(ExactSegment {
+                tokens: 3,
+                keys: k,
+                values: k,
+                allowed,
+            }),
+        };
+        store.attend(&q, &p, out, lse)
+    };
+    assert!(attend(&k, &[1, 1], &mut out, &mut lse).is_err());
+    assert!(attend(&k[..128], &[1, 1, 1], &mut out, &mut lse).is_err());
+    k[5] = f32::NAN;
+    assert!(attend(&k, &[1, 1, 1], &mut out, &mut lse).is_err());
 }
 
 #[test]
@@ -302,6 +432,7 @@ fn every_simd_level_gives_identical_attention() {
         hi: &hi,
         scaling: 0.1,
         softcap: Some(30.0),
+        exact: None,
     };
     let run = |level: SimdLevel| {
         let mut out = vec![0.0; q.len()];

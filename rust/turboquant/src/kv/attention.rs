@@ -6,6 +6,7 @@
 //! online-softmax state and value sums per row, and the chunks of a row are merged exactly at
 //! the end (split-KV, as flash-decoding does).
 
+use super::exact::{self, ExactSegment};
 use super::kernels::{self, RowBounds, RowState};
 use super::side::{SideCodec, SideStream};
 use super::store::{checked_size, KvStore};
@@ -31,6 +32,9 @@ pub struct AttendParams<'a> {
     pub scaling: f32,
     /// Logit soft-cap `c` (`c · tanh(z / c)`, Gemma-2), if any.
     pub softcap: Option<f32>,
+    /// Full-precision tokens joined into the same softmax (sink tokens, a residual window, the
+    /// step's own tokens), if any.
+    pub exact: Option<ExactSegment<'a>>,
 }
 
 /// Query rows of a stream that share one decode of each block (GQA group × q_len, tiled).
@@ -228,12 +232,35 @@ impl KvStore {
         if let Some(bad) = queries.iter().find(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("queries hold {bad}")));
         }
+        if let Some(seg) = &p.exact {
+            seg.check(b, h, ql, d)?;
+        }
         out.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
-        if self.len == 0 {
-            return Ok(());
-        }
         let g = hq / h;
+        if self.len > 0 {
+            self.attend_codes(level, queries, p, b, g, cap, out, lse);
+        }
+        if let Some(seg) = &p.exact {
+            exact::join(level, queries, seg, (h, g, ql, d), p.scaling, cap, out, lse);
+        }
+        Ok(())
+    }
+
+    /// The stored tokens' part of [`KvStore::attend_at`] (arguments checked there).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_codes(
+        &self,
+        level: SimdLevel,
+        queries: &[f32],
+        p: &AttendParams<'_>,
+        b: usize,
+        g: usize,
+        cap: f32,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let (h, d, ql) = (self.config.kv_heads, self.config.head_dim, p.q_len);
         let rows = g * ql;
         // The query side of every stream (rotated once per row and key part: little work, done
         // on the caller).
@@ -280,7 +307,6 @@ impl KvStore {
             |s, task| self.run_task(level, task, &prepared[task.stream], cap, p, s),
         );
         self.merge(level, &tasks, &partials, g, ql, out, lse);
-        Ok(())
     }
 
     /// Rotated queries, biases and ranges of stream `s` (batch row `s / H`, KV head `s % H`).

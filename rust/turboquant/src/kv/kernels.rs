@@ -55,7 +55,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// Soft-cap of one logit: `cap · tanh(z / cap)`.
 #[inline(always)]
-fn soft_cap(z: f32, cap: f32) -> f32 {
+pub(super) fn soft_cap(z: f32, cap: f32) -> f32 {
     let y = z / cap;
     let e = exp(-2.0 * y.abs());
     let t = (1.0 - e) / (1.0 + e);

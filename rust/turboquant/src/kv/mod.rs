@@ -34,10 +34,12 @@
 //! over the stored tokens, so a caller can join a full-precision window into the same softmax.
 
 mod attention;
+mod exact;
 mod kernels;
 mod side;
 mod store;
 
 pub use attention::AttendParams;
+pub use exact::ExactSegment;
 pub use side::SideSpec;
 pub use store::{KvConfig, KvStore};

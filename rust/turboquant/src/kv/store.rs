@@ -32,7 +32,7 @@ pub struct KvConfig {
 /// // 4 query heads (GQA 2:1), one query each, attending all 100 tokens
 /// let q: Vec<f32> = (0..4 * d).map(|i| (i as f32 * 0.11).cos()).collect();
 /// let (mut out, mut lse) = (vec![0.0; 4 * d], vec![0.0; 4]);
-/// let p = AttendParams { query_heads: 4, q_len: 1, lo: &[0], hi: &[100], scaling: 0.125, softcap: None };
+/// let p = AttendParams { query_heads: 4, q_len: 1, lo: &[0], hi: &[100], scaling: 0.125, softcap: None, exact: None };
 /// store.attend(&q, &p, &mut out, &mut lse).unwrap();
 /// ```
 #[derive(Debug, Clone)]

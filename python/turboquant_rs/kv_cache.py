@@ -212,36 +212,50 @@ class KVLayerStore:
         none is attended), and the log-sum-exp ``lse`` (B, Hq, Q) (``-inf`` where none).
         """
         q = _float_array(query, "query", 4)
-        _check_attend_args(q, scaling, softcap)
         sc = None if softcap is None else float(softcap)
-        lo_a = np.ascontiguousarray(np.asarray(lo, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
-        hi_a = np.ascontiguousarray(np.asarray(hi, dtype=np.int64).reshape(q.shape[0], q.shape[2]))
+        lo_a = np.asarray(lo, dtype=np.int64).reshape(q.shape[0], q.shape[2])
+        hi_a = np.asarray(hi, dtype=np.int64).reshape(q.shape[0], q.shape[2])
+        return self._attend(q, lo_a, hi_a, float(scaling), sc, extra)
+
+    def _attend(
+        self,
+        q: np.ndarray,
+        lo_a: np.ndarray,
+        hi_a: np.ndarray,
+        scaling: float,
+        softcap: float | None,
+        extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``attend`` on a float32 query and int64 (B, Q) ranges; the native call checks the
+        query's values, the scalars and the shapes."""
         s = self._sink_len
         if s == 0 and extra is None:
-            return self._native.attend(q, lo_a, hi_a, float(scaling), sc)
+            lo_c, hi_c = np.ascontiguousarray(lo_a), np.ascontiguousarray(hi_a)
+            return self._native.attend(q, lo_c, hi_c, scaling, softcap)
         if q.shape[0] != self.batch_size:
             raise TurboQuantError(f"query batch {q.shape[0]} does not match the store's {self.batch_size}")
         # one native call: the sink tokens and the extra ones join the codes' softmax exactly.
         # Ranges are clamped to the stored tokens, as the codes' attend does (a sliding window
         # wider than the context starts before token 0).
-        pos = np.arange(s)
-        allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
-        exact_k, exact_v = self._sink_k, self._sink_v
-        if extra is not None:
-            ek, ev, ea = extra
-            if s == 0:
-                exact_k, exact_v, allowed = ek, ev, ea
-            else:
+        if s == 0:
+            assert extra is not None
+            exact_k, exact_v, allowed = extra
+        else:
+            pos = np.arange(s)
+            allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
+            exact_k, exact_v = self._sink_k, self._sink_v
+            if extra is not None:
+                ek, ev, ea = extra
                 exact_k = np.concatenate([self._sink_k, ek], axis=2)  # type: ignore[list-item]
                 exact_v = np.concatenate([self._sink_v, ev], axis=2)  # type: ignore[list-item]
                 allowed = np.concatenate([allowed, ea], axis=2)
-        clo = np.ascontiguousarray(np.maximum(lo_a - s, 0))
-        chi = np.ascontiguousarray(np.maximum(hi_a - s, clo))
+        clo = np.maximum(lo_a - s, 0)
+        chi = np.maximum(hi_a - s, clo)
         return self._native.attend(
-            q, clo, chi, float(scaling), sc,
+            q, clo, chi, scaling, softcap,
             np.ascontiguousarray(exact_k, dtype=np.float32),
             np.ascontiguousarray(exact_v, dtype=np.float32),
-            np.ascontiguousarray(allowed, dtype=np.uint8),
+            np.ascontiguousarray(allowed).view(np.uint8),
         )  # fmt: skip
 
     def decompress(self) -> tuple[np.ndarray, np.ndarray]:
@@ -428,7 +442,6 @@ def packed_attention(
         q.shape, None if extra_keys is None else ek.shape, None if extra_keys is None else ev.shape,
         n, scaling, softcap, sliding_window,
     )  # fmt: skip
-    _check_attend_args(q, scale, softcap)
     pos = np.arange(total - ql, total, dtype=np.int64)  # query positions
     lo = np.zeros(ql, dtype=np.int64) if sliding_window is None else pos - int(sliding_window) + 1
     hi = pos + 1
@@ -438,8 +451,6 @@ def packed_attention(
         valid = kv_arr.astype(bool).reshape(bsz, -1)
         if valid.shape[1] != total:
             raise TurboQuantError(f"key_valid must have shape ({bsz}, {total}), got {kv_arr.shape}")
-    out = np.zeros((bsz, hq, ql, d), dtype=np.float32)
-    lse = np.full((bsz, hq, ql), -np.inf, dtype=np.float32)
     if n > 0:
         assert store is not None
         if store.batch_size != bsz:
@@ -458,11 +469,14 @@ def packed_attention(
         if valid is not None:
             allowed = allowed & valid[:, None, n:]
     if n > 0:
-        # the extra tokens join the store's own exact part (its sink tokens): one softmax pass
+        # the extra tokens join the store's own exact part (its sink tokens): one native call
         extra = None if allowed is None else (ek, ev, allowed)
-        out, lse = store.attend(q, lo_b, hi_b, scaling=scale, softcap=softcap, extra=extra)
+        out, lse = store._attend(q, lo_b, hi_b, scale, None if softcap is None else float(softcap), extra)
     elif allowed is not None:
-        out, lse = _exact_part(q, ek, ev, allowed, scale, softcap)
+        _check_attend_args(q, scale, softcap)
+        out, _ = _exact_part(q, ek, ev, allowed, scale, softcap)
+    else:
+        out = np.zeros((bsz, hq, ql, d), dtype=np.float32)
     return _like(out, query)
 
 

@@ -642,6 +642,38 @@ def _exact(q: Any, k: Any, v: Any, window: int | None, valid: Any = None, scale:
     return torch.softmax(z.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0) @ v
 
 
+@pytest.mark.parametrize("window", [None, 20])
+def test_multi_store_attention_equals_dense_attention_over_the_decoded_stores(window: int | None) -> None:
+    """Several consecutive stores (a sliding layer's segments) plus exact extras: the codes'
+    parts and the extras in one softmax equal dense attention over the dequantized tokens
+    followed by the extras (causal, window, a padded batch row)."""
+    from turboquant_rs.hf_cache import _multi_store_attention
+    from turboquant_rs.kv_cache import KVLayerStore
+
+    g = torch.Generator().manual_seed(3)
+    b, hkv, hq, d = 2, 2, 4, 64
+    stores, ks, vs = [], [], []
+    for i, t in enumerate((30, 25)):
+        st = KVLayerStore(d, hkv, 4, 3, sink_tokens=1 if i == 0 else 0)
+        k = torch.randn(b, hkv, t, d, generator=g)
+        v = torch.randn(b, hkv, t, d, generator=g)
+        st.append(k.numpy(), v.numpy())
+        dk, dv = st.decompress()
+        stores.append(st)
+        ks.append(torch.from_numpy(dk))
+        vs.append(torch.from_numpy(dv))
+    ek = torch.randn(b, hkv, 6, d, generator=g)
+    ev = torch.randn(b, hkv, 6, d, generator=g)
+    q = torch.randn(b, hq, 3, d, generator=g)
+    valid = torch.ones(b, 61, dtype=torch.bool)
+    valid[1, :4] = False  # left padding of row 1
+    got = _multi_store_attention(
+        q, stores, ek, ev, scaling=0.25, softcap=None, sliding_window=window, key_valid=valid
+    )
+    want = _exact(q, torch.cat(ks + [ek], 2), torch.cat(vs + [ev], 2), window, valid)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+
+
 @pytest.mark.parametrize("residual", [0, 5])
 def test_sliding_layer_memory_stays_bounded_and_attention_exact(residual: int) -> None:
     from turboquant_rs.hf_cache import turboquant_attention

@@ -1089,7 +1089,8 @@ def _multi_store_attention(
     key_valid: torch.Tensor | None,
 ) -> torch.Tensor:
     """`packed_attention` over several consecutive stores: each store's part read from its codes
-    (``KVLayerStore.attend``: output + log-sum-exp), the extras exactly, merged in one softmax."""
+    (``KVLayerStore.attend``: output + log-sum-exp; the extras join the last store's softmax
+    exactly), merged in one softmax."""
     b, hq, q_len, d = query.shape
     lengths = [store.seq_len for store in stores]
     n = sum(lengths)
@@ -1099,10 +1100,21 @@ def _multi_store_attention(
     lo = torch.zeros_like(pos) if sliding_window is None else pos - int(sliding_window) + 1
     hi = pos + 1
     q32 = query.detach().float().contiguous()
+    extra = None
+    if e > 0:
+        kpos = torch.arange(n, total)
+        allowed = ((kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= lo[:, None]))[None].expand(b, -1, -1)
+        if key_valid is not None:
+            allowed = allowed & key_valid[:, None, n:].cpu()
+        extra = (
+            extra_keys.detach().float().contiguous().numpy(),
+            extra_values.detach().float().contiguous().numpy(),
+            allowed.contiguous().numpy(),
+        )
     outs: list[torch.Tensor] = []
     lses: list[torch.Tensor] = []
     offset = 0
-    for store, length in zip(stores, lengths, strict=True):
+    for i, (store, length) in enumerate(zip(stores, lengths, strict=True)):
         lo_s = (lo - offset).clamp(0, length).expand(b, q_len).clone()
         hi_s = (hi - offset).clamp(0, length).expand(b, q_len).clone()
         if key_valid is not None:
@@ -1110,27 +1122,14 @@ def _multi_store_attention(
             lo_s = torch.maximum(lo_s, torch.from_numpy(start)[:, None])
             hi_s = torch.minimum(hi_s, torch.from_numpy(end)[:, None])
         offset += length
-        if bool((hi_s <= lo_s).all()):
+        joined = extra if i == len(stores) - 1 else None
+        if joined is None and bool((hi_s <= lo_s).all()):
             continue
-        out, lse = store.attend(q32, lo_s.numpy(), hi_s.numpy(), scaling=scaling, softcap=softcap)
+        out, lse = store.attend(
+            q32, lo_s.numpy(), hi_s.numpy(), scaling=scaling, softcap=softcap, extra=joined
+        )
         outs.append(torch.from_numpy(out))
         lses.append(torch.from_numpy(lse))
-    if e > 0:
-        hkv = extra_keys.shape[1]
-        k = extra_keys.float().repeat_interleave(hq // hkv, dim=1)
-        v = extra_values.float().repeat_interleave(hq // hkv, dim=1)
-        z = torch.matmul(q32, k.transpose(-1, -2)) * scaling
-        if softcap is not None:
-            z = torch.tanh(z / softcap) * softcap
-        kpos = torch.arange(n, total)
-        allowed = ((kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= lo[:, None]))[None, None]
-        if key_valid is not None:
-            allowed = allowed & key_valid[:, None, None, n:].cpu()
-        z = z.masked_fill(~allowed, float("-inf"))
-        lse_e = torch.logsumexp(z, dim=-1)
-        p = torch.exp(z - torch.where(torch.isfinite(lse_e), lse_e, torch.zeros_like(lse_e))[..., None])
-        outs.append(torch.matmul(p.nan_to_num(0.0), v))
-        lses.append(lse_e)
     if not outs:
         return torch.zeros_like(query)
     lse_all = torch.stack(lses)  # (parts, B, Hq, Q)

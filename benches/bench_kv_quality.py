@@ -276,6 +276,16 @@ def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
             {"n_outlier_channels": half},
         ),
     ]
+    specs += [
+        Spec(
+            f"ours K{b}.5/V{b - 1}.5 (avg {b}.0: keys half a bit wider, half the channels one bit up)",
+            "ours",
+            b,
+            residual,
+            {"value_bit_width": b - 1, "n_outlier_channels": half, "value_outlier_channels": half},
+        )
+        for b in (4, 3, 2)
+    ]
     if residual == 0:
         specs += [
             Spec(

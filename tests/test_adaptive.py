@@ -13,7 +13,9 @@ from turboquant_rs.adaptive import (  # noqa: E402
     gradient_allocation,
     layer_attention_error,
     measure_attention_errors,
+    measure_joint_error,
     measure_output_errors,
+    quantized_kv,
     uniform_allocation,
 )
 
@@ -154,6 +156,80 @@ def test_from_model_on_a_tiny_llama(tiny_llama: torch.nn.Module) -> None:
         assert sum(tq.quantized_tokens) > 0
     finally:
         tiny_llama.set_attn_implementation("sdpa")
+
+
+def test_half_widths_are_the_outlier_split_of_a_side() -> None:
+    from turboquant_rs.kv_cache import width_parts
+
+    assert width_parts(3, 64, "w") == (3, 0)
+    assert width_parts(3.5, 64, "w") == (3, 32)
+    for bad in (3.25, 8.5, 0.5, 9, True, "3"):
+        with pytest.raises(ValueError):
+            width_parts(bad, 64, "w")
+    with pytest.raises(ValueError, match="even head_dim"):
+        width_parts(2.5, 15, "w")
+    # a half width's error lies between its neighbours', on each side separately
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 2, 64, 32, generator=g)
+    err = {w: float((quantized_kv(k, k, (w, None))[0] - k).norm() / k.norm()) for w in (3, 3.5, 4)}
+    assert err[3] > 1.15 * err[3.5] > 1.15 * err[4]
+    verr = {w: float((quantized_kv(k, k, (None, w))[1] - k).norm() / k.norm()) for w in (2, 2.5, 3)}
+    assert verr[2] > 1.15 * verr[2.5] > 1.15 * verr[3]
+    cache = AdaptiveKVCache(32, [(3.5, 2.5), 3, 2.5])
+    assert cache.average_bits == pytest.approx(17 / 6)
+    assert cache.key_bits == [3.5, 3, 2.5] and cache.value_bits == [2.5, 3, 2.5]
+    inner = cache.cache_for(0)
+    assert (inner.key_bit_width, inner.n_outlier_channels) == (3, 16)
+    assert (inner.value_bit_width, inner.value_outlier_channels) == (2, 16)
+    assert "K3.5/V2.5" in cache.summary()
+    with pytest.raises(ValueError):
+        AdaptiveKVCache(32, [3.25])
+    with pytest.raises(ValueError, match="outlier split already"):
+        AdaptiveKVCache(32, [3.5], n_outlier_channels=8)
+
+
+def test_from_model_checks_the_allocation_as_a_whole(
+    tiny_llama: torch.nn.Module,
+) -> None:
+    opts = [2, 3, 4, (3.5, 2.5)]
+    cache = AdaptiveKVCache.from_model(
+        tiny_llama, _byte_tokenizer, head_dim=16, target_avg_bits=3.0, max_tokens=160, bit_options=opts
+    )
+    joint = cache.calibration_joint
+    assert "uniform 3" in joint and "uniform K3.5/V2.5" in joint
+    assert cache.average_bits <= 3.0 + 1e-9
+    from turboquant_rs import adaptive
+
+    chosen = adaptive._allocation_label(cache.layer_bits)
+    assert chosen in joint
+    again = measure_joint_error(tiny_llama, cache.layer_bits, _byte_tokenizer, max_tokens=160)
+    assert again == pytest.approx(joint[chosen], rel=1e-6)
+    # the rule: the best uniform candidate, unless the per-layer one is better beyond noise
+    per_layer, flat3, split = [2, 3, 4, 3], [3] * 4, [(3.5, 2.5)] * 4
+    base = torch.linspace(0.01, 0.03, 400, dtype=torch.float64)
+    noise = 0.002 * torch.sin(torch.arange(400, dtype=torch.float64))
+    kl = {"uniform 3": base + 0.004, "uniform K3.5/V2.5": base}
+    kl["per layer 2, 3, 4, 3"] = base - 0.003 + noise  # clearly better than the split
+    assert adaptive._pick_allocation(per_layer, [flat3, split], kl) == per_layer
+    kl["per layer 2, 3, 4, 3"] = base - 0.0001 + noise  # better on average, within the noise
+    assert adaptive._pick_allocation(per_layer, [flat3, split], kl) == split
+    assert adaptive._pick_allocation(per_layer, [], kl) == per_layer
+    # the whole-model error grows as the widths shrink
+    kl = [measure_joint_error(tiny_llama, [w] * 4, _byte_tokenizer, max_tokens=160) for w in (4, 3, 2)]
+    assert kl[0] < kl[1] < kl[2]
+    # half widths drive TurboQuantCache too
+    from turboquant_rs.hf_cache import TurboQuantCache
+
+    tq = TurboQuantCache(tiny_llama.config, layer_bits=[(3.5, 2.5), 3, 2.5, 4])
+    first = tq.layers[0]
+    assert (first.key_bits, first.n_outlier_channels, first.value_bits, first.value_outlier_channels) == (
+        3,
+        8,
+        2,
+        8,
+    )
+    with pytest.raises(ValueError):
+        TurboQuantCache(tiny_llama.config, layer_bits=[3.25, 3, 3, 3])
 
 
 def test_seed_readme_adaptive_examples(tiny_llama: torch.nn.Module) -> None:

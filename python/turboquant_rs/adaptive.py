@@ -27,10 +27,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .kv_cache import TurboQuantKVCache
+from .kv_cache import TurboQuantKVCache, width_parts
 
-#: One layer's width: an int (keys and values) or a ``(key_bits, value_bits)`` pair.
-LayerBits = int | tuple[int, int]
+#: One side's width: bits per coordinate, an int 1..8 or a half 1.5..7.5 (half of the channels,
+#: the outlier split, one bit wider: `turboquant_rs.kv_cache.width_parts`).
+Width = int | float
+#: One layer's width: one for keys and values, or a ``(key_bits, value_bits)`` pair.
+LayerBits = Width | tuple[Width, Width]
 
 #: The default calibration text (written for this library; ordinary English prose, no benchmark data).
 DEFAULT_CALIBRATION_TEXT = (
@@ -79,14 +82,19 @@ DEFAULT_CALIBRATION_TEXT = (
 # widths
 
 
-def _check_width(value: Any, name: str) -> int:
-    """An int width in 1..8, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-        raise ValueError(f"{name} must be an integer in 1..8, got {value!r}")
-    return value
+def _check_width(value: Any, name: str) -> Width:
+    """A width (an int 1..8, or a half 1.5..7.5 as a float), or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be an integer in 1..8 or a half 1.5..7.5, got {value!r}")
+    w = float(value)
+    if w == int(w) and 1 <= w <= 8:
+        return int(w)
+    if w - int(w) == 0.5 and 1.5 <= w <= 7.5:
+        return w
+    raise ValueError(f"{name} must be an integer in 1..8 or a half 1.5..7.5, got {value!r}")
 
 
-def _pair(bits: Any, name: str) -> tuple[int, int]:
+def _pair(bits: Any, name: str) -> tuple[Width, Width]:
     """``bits`` (int or (key, value) pair) as a checked (key_bits, value_bits) pair."""
     if isinstance(bits, (tuple, list)):
         if len(bits) != 2:
@@ -270,8 +278,9 @@ def quantized_kv(
 ) -> tuple[Any, Any]:
     """``keys``/``values`` (B, H, S, D) after a round trip through a packed store at ``bits``.
 
-    ``bits`` is an int, a ``(key_bits, value_bits)`` pair, or a pair with ``None`` on one side to
-    keep that side exact (to tell key error from value error); the first ``sink_tokens`` tokens
+    ``bits`` is a width (int, or a half: the outlier split), a ``(key_bits, value_bits)`` pair,
+    or a pair with ``None`` on one side to keep that side exact (to tell key error from value
+    error); the first ``sink_tokens`` tokens
     stay exact, as the cache keeps them. Returns float32 torch tensors.
     """
     import torch
@@ -280,12 +289,17 @@ def quantized_kv(
 
     kb, vb = bits if isinstance(bits, (tuple, list)) else (bits, bits)
     d, h = int(keys.shape[-1]), int(keys.shape[1])
+    kbits, k_out = width_parts(kb if kb is not None else 8, d, "key width")
+    vbits, v_out = width_parts(vb if vb is not None else 8, d, "value width")
+    if k_out and n_outlier_channels:
+        raise ValueError("a half key width is an outlier split already: use n_outlier_channels=0 with it")
     store = KVLayerStore(
         d,
         h,
-        kb if kb is not None else 8,
-        vb if vb is not None else 8,
-        key_outliers=n_outlier_channels,
+        kbits,
+        vbits,
+        key_outliers=k_out or n_outlier_channels,
+        value_outliers=v_out,
         seed=seed,
         sink_tokens=sink_tokens,
     )
@@ -634,6 +648,92 @@ def measure_output_errors(
     return table
 
 
+def _joint_token_kl(
+    model: Any,
+    input_ids: Any,
+    layer_bits: Sequence[Any],
+    *,
+    seed: int,
+    n_outlier_channels: int,
+    sink_tokens: int,
+    chunk: int,
+) -> Any:
+    """Per-position KL divergence (float64 torch, positions 1..) of the next-token distribution
+    with every attention layer at its width of ``layer_bits`` from the exact pass'."""
+    import torch
+
+    widths = [_pair(b, f"layer_bits[{i}]") for i, b in enumerate(layer_bits)]
+    state: dict[str, Any] = {"calls": 0, "quantize": False}
+
+    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        j = state["calls"]
+        state["calls"] += 1
+        if state["quantize"]:
+            idx = _layer_index(getattr(module, "layer_idx", None), j)
+            if idx >= len(widths):
+                raise ValueError(f"layer_bits has {len(widths)} entries but the model ran layer {idx}")
+            kq, vq = quantized_kv(
+                key, value, widths[idx], seed=seed + idx, n_outlier_channels=n_outlier_channels,
+                sink_tokens=sink_tokens,
+            )  # fmt: skip
+            if chunk > 0:
+                return _chunked_attention(query, key, value, kq, vq, chunk, **kw)
+            key, value = kq.to(key.dtype), vq.to(value.dtype)
+        return _exact_attention(module, query, key, value, attention_mask, **kw)
+
+    exact = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
+    state.update(calls=0, quantize=True)
+    approx = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
+    kl = (exact.exp() * (exact - approx)).sum(-1)[:, 1:].double().reshape(-1)
+    return torch.where(torch.isfinite(kl), kl.clamp_min(0.0), torch.full_like(kl, math.inf))
+
+
+def measure_joint_error(
+    model: Any,
+    layer_bits: Sequence[Any],
+    tokenizer: Any = None,
+    calibration_text: str | None = None,
+    *,
+    input_ids: Any = None,
+    max_tokens: int = 512,
+    seed: int = 0,
+    n_outlier_channels: int = 0,
+    sink_tokens: int = 1,
+    chunk: int = 128,
+) -> float:
+    """The model's error with every attention layer at its width of ``layer_bits`` at once: the
+    mean KL divergence of the next-token distributions from the exact pass over the calibration
+    text, under `measure_output_errors`' protocol (``chunk``-token pieces, ``sink_tokens`` exact,
+    the layer's seed ``seed + layer``). Two forward passes; it checks an allocation as a whole,
+    where the one-layer-at-a-time table assumes that layers' errors add up."""
+    input_ids, _ = _calibration_inputs(tokenizer, calibration_text, input_ids, max_tokens, [3])
+    kl = _joint_token_kl(
+        model, input_ids, layer_bits, seed=seed, n_outlier_channels=n_outlier_channels,
+        sink_tokens=sink_tokens, chunk=chunk,
+    )  # fmt: skip
+    return float(kl.mean())
+
+
+def _pick_allocation(
+    per_layer: list[LayerBits], uniform: list[list[LayerBits]], token_kl: Any
+) -> list[LayerBits]:
+    """The allocation to keep after the whole-model check: the uniform candidate of lowest
+    error, unless the per-layer allocation beats it by more than two standard errors of their
+    per-position difference (a per-layer allocation tuned on a short text is otherwise as
+    likely to fit the text's noise as the model's real sensitivities)."""
+    if not uniform:
+        return per_layer
+    label = _allocation_label
+    best = min(uniform, key=lambda c: float(token_kl[label(c)].mean()))
+    diff = token_kl[label(per_layer)] - token_kl[label(best)]
+    n = int(diff.numel())
+    if n > 1 and bool(diff.isfinite().all()):
+        se = float(diff.std()) / math.sqrt(n)
+        if float(diff.mean()) < -2.0 * se:
+            return per_layer
+    return best
+
+
 def measure_errors(
     model: Any, *args: Any, measure: str = "output", **kwargs: Any
 ) -> list[dict[LayerBits, float]]:
@@ -654,8 +754,8 @@ class AdaptiveKVCache:
 
     Args:
         head_dim: channels per head.
-        layer_bits: one width per layer: an int (keys and values) or a ``(key_bits, value_bits)``
-            pair, each 1..8.
+        layer_bits: one width per layer (keys and values) or a ``(key_bits, value_bits)`` pair;
+            a width is an int 1..8 or a half 1.5..7.5 (half of the channels one bit wider).
         residual_length: most recent tokens kept in full precision (every layer).
         n_outlier_channels: key outlier channels per head (the paper's split, at one bit more).
         seed: seed of the rotations.
@@ -683,20 +783,28 @@ class AdaptiveKVCache:
         self.n_outlier_channels = int(n_outlier_channels)
         self.seed = int(seed)
         self.calibration_errors: list[dict[LayerBits, float]] | None = None
-        self._by_width: dict[tuple[int, int], TurboQuantKVCache] = {}
+        #: `from_model`'s whole-model check: calibration KL of each candidate allocation.
+        self.calibration_joint: dict[str, float] = {}
+        self._by_width: dict[tuple[Width, Width], TurboQuantKVCache] = {}
         for b in bits:
             kb, vb = _pair(b, "width")
-            if (kb, vb) not in self._by_width:
-                self._by_width[(kb, vb)] = TurboQuantKVCache(
-                    self.head_dim,
-                    bit_width=kb,
-                    residual_length=self.residual_length,
-                    key_bit_width=kb,
-                    value_bit_width=vb,
-                    n_outlier_channels=self.n_outlier_channels,
-                    seed=self.seed,
-                    **kwargs,
-                )
+            if (kb, vb) in self._by_width:
+                continue
+            kbits, k_out = width_parts(kb, self.head_dim, "key width")
+            vbits, v_out = width_parts(vb, self.head_dim, "value width")
+            if k_out and self.n_outlier_channels:
+                raise ValueError("a half key width is an outlier split already: use n_outlier_channels=0")
+            self._by_width[(kb, vb)] = TurboQuantKVCache(
+                self.head_dim,
+                bit_width=kbits,
+                residual_length=self.residual_length,
+                key_bit_width=kbits,
+                value_bit_width=vbits,
+                n_outlier_channels=k_out or self.n_outlier_channels,
+                seed=self.seed,
+                **({"value_outlier_channels": v_out} if v_out else {}),
+                **kwargs,
+            )
 
     @property
     def n_layers(self) -> int:
@@ -710,16 +818,17 @@ class AdaptiveKVCache:
 
     @property
     def average_bits(self) -> float:
-        """Mean width over layers, keys and values alike (outlier channels not counted)."""
+        """Mean width over layers, keys and values alike (half widths included; the extra bit of
+        ``n_outlier_channels`` not counted)."""
         return sum(_cost(b) for b in self.layer_bits) / self.n_layers
 
     @property
-    def key_bits(self) -> list[int]:
+    def key_bits(self) -> list[Width]:
         """Key width of each layer."""
         return [_pair(b, "width")[0] for b in self.layer_bits]
 
     @property
-    def value_bits(self) -> list[int]:
+    def value_bits(self) -> list[Width]:
         """Value width of each layer."""
         return [_pair(b, "width")[1] for b in self.layer_bits]
 
@@ -767,8 +876,7 @@ class AdaptiveKVCache:
         """A readable table: width per layer (with the calibration errors when measured) and the average."""
         lines = [f"AdaptiveKVCache: {self.n_layers} layers, head_dim={self.head_dim}"]
         for i, b in enumerate(self.layer_bits):
-            kb, vb = _pair(b, "width")
-            width = f"{kb}-bit" if kb == vb else f"K{kb}/V{vb}"
+            width = _label(b) + ("-bit" if not isinstance(b, tuple) else "")
             extra = ""
             if self.calibration_errors is not None and i < len(self.calibration_errors):
                 row = self.calibration_errors[i]
@@ -777,6 +885,8 @@ class AdaptiveKVCache:
                 )
             lines.append(f"  Layer {i:2d}: {width}{extra}")
         lines.append(f"  Average: {self.average_bits:.2f} bits per coordinate")
+        for name, kl in self.calibration_joint.items():
+            lines.append(f"  Whole-model calibration KL, {name}: {kl:.3e}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -812,8 +922,15 @@ class AdaptiveKVCache:
         model's next-token distribution sees it, ``layers × widths`` forward passes) or
         ``"attention"`` (`measure_attention_errors`: one pass, the error where the layer's
         output joins the residual stream). ``sink_tokens`` is the cache's count of exact first
-        tokens (`TurboQuantCache`'s default 1). The measured table is kept in
-        ``calibration_errors``.
+        tokens (`TurboQuantCache`'s default 1). The greedy allocation is then checked as a whole
+        (`measure_joint_error`) against every uniform option at the budget and the uniform
+        split with keys half a bit wider than values (keys carry most of the attention error:
+        on SmolLM2 at 3.0 bits K3.5/V2.5 measured +2.16 % perplexity against 3/3's +2.50 %);
+        the best uniform candidate is kept unless the per-layer allocation beats it by more
+        than two standard errors of their per-position difference (`_pick_allocation`).
+        Widths may be halves (``2.5``: half of the channels one bit wider) and ``(key, value)``
+        pairs, e.g. ``bit_options=[2, 3, 4, (3.5, 2.5)]``. The measured table is kept in
+        ``calibration_errors``, the whole-model check in ``calibration_joint``.
 
         Raises:
             ValueError: if ``head_dim`` does not match the model's keys, the target is below
@@ -841,6 +958,33 @@ class AdaptiveKVCache:
             measure=measure,
         )
         bits = calibration_allocation(table, target_avg_bits)
+        # the greedy allocation assumes the layers' errors add up: check it as a whole against
+        # every uniform option at the budget and the uniform key-heavy split of the target (keys
+        # half a bit wider than values: K3.5/V2.5 at 3.0 bits), keep the best
+        options = list(table[0]) if table else []
+        uniform = [w for w in options if target_avg_bits - 0.25 < _cost(w) <= target_avg_bits + 1e-9]
+        split = (target_avg_bits + 0.5, target_avg_bits - 0.5)
+        halves_fit = split[0] % 1 == 0 or (int(head_dim) % 2 == 0 and int(head_dim) >= 4)
+        if (2 * target_avg_bits) % 1 == 0 and split[1] >= 1 and split[0] <= 8 and halves_fit:
+            uniform.append(_normal(split, "split"))
+        flat = [[w] * len(bits) for w in dict.fromkeys(uniform) if [w] * len(bits) != bits]
+        joint: dict[str, float] = {}
+        if flat:
+            ids, _ = _calibration_inputs(tokenizer, calibration_text, None, max_tokens, [3])
+            token_kl = {
+                _allocation_label(c): _joint_token_kl(
+                    model,
+                    ids,
+                    c,
+                    seed=seed,
+                    n_outlier_channels=n_outlier_channels,
+                    sink_tokens=sink_tokens,
+                    chunk=128,
+                )  # fmt: skip
+                for c in [bits, *flat]
+            }
+            joint = {name: float(kl.mean()) for name, kl in token_kl.items()}
+            bits = _pick_allocation(bits, flat, token_kl)
         n_layers = getattr(tc, "num_hidden_layers", len(bits))
         if len(bits) != n_layers:
             raise ValueError(
@@ -856,7 +1000,15 @@ class AdaptiveKVCache:
             **kwargs,
         )
         out.calibration_errors = table
+        out.calibration_joint = joint
         return out
+
+
+def _allocation_label(widths: Sequence[LayerBits]) -> str:
+    """A short name of an allocation: ``"uniform K3.5/V2.5"`` or ``"per layer 2, 3, 4, ..."``."""
+    if all(w == widths[0] for w in widths):
+        return f"uniform {_label(widths[0])}"
+    return "per layer " + ", ".join(_label(w) for w in widths)
 
 
 def _label(width: LayerBits) -> str:
@@ -869,11 +1021,14 @@ __all__ = [
     "AdaptiveKVCache",
     "DEFAULT_CALIBRATION_TEXT",
     "LayerBits",
+    "Width",
     "calibration_allocation",
     "capture_attention",
     "gradient_allocation",
     "layer_attention_error",
     "measure_attention_errors",
+    "measure_joint_error",
+    "measure_output_errors",
     "quantized_kv",
     "uniform_allocation",
 ]

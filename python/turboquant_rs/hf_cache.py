@@ -729,8 +729,10 @@ class TurboQuantCache(Cache):
         value_bit_width: Bits for values (default ``bit_width``).
         n_outlier_channels: Key outlier channels per head (0, or 2..head_dim-2) split off at
             ``outlier_bits`` (the paper's outlier split).
-        layer_bits: Per-layer bits, one entry per decoder layer: an int (keys and values) or a
-            ``(key_bits, value_bits)`` pair; entries of non-attention layers are ignored.
+        layer_bits: Per-layer bits, one entry per decoder layer: a width (keys and values) or a
+            ``(key_bits, value_bits)`` pair, a width being an int 1..8 or a half 1.5..7.5 (half of
+            the channels one bit wider, the outlier split); entries of non-attention layers are
+            ignored.
         seed: Seed of the quantizers' random rotations (layer i uses ``seed + i``).
         value_outlier_channels: Value outlier channels per head (0, or 2..head_dim-2).
         outlier_bits: Bits of the outlier channels (default: one more than the side's bits).
@@ -795,14 +797,23 @@ class TurboQuantCache(Cache):
             kb, vb = bits
         else:
             kb = vb = bits
+        k_out = v_out = 0
+        if bits is not None:  # a half width is the outlier split of that side (kv_cache.width_parts)
+            kb, k_out = _kv().width_parts(kb, head_dim, f"layer_bits[{i}] (keys)")
+            vb, v_out = _kv().width_parts(vb, head_dim, f"layer_bits[{i}] (values)")
+            if (k_out and self.n_outlier_channels) or (v_out and self.value_outlier_channels):
+                raise ValueError(
+                    f"layer_bits[{i}] = {bits!r}: a half width is an outlier split already; "
+                    "leave n_outlier_channels / value_outlier_channels at 0 with it"
+                )
         return {
             "head_dim": head_dim,
             "num_kv_heads": n_kv,
             "key_bits": _check_bits(kb, f"layer_bits[{i}] (keys)"),
             "value_bits": _check_bits(vb, f"layer_bits[{i}] (values)"),
             "residual_length": self.residual_length,
-            "n_outlier_channels": self.n_outlier_channels,
-            "value_outlier_channels": self.value_outlier_channels,
+            "n_outlier_channels": k_out or self.n_outlier_channels,
+            "value_outlier_channels": v_out or self.value_outlier_channels,
             "outlier_bits": self.outlier_bits,
             "seed": self.seed + i,
             "owner": self,

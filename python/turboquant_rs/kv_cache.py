@@ -64,6 +64,23 @@ def _bits(value: Any, name: str) -> int:
     return int(value)
 
 
+def width_parts(width: Any, head_dim: int, name: str) -> tuple[int, int]:
+    """One side's width as ``(bits, outlier channels)``: an integer ``b`` (1..8) stores every
+    channel at ``b`` bits; a half width ``b + 0.5`` (1.5..7.5) stores half of the channels (the
+    outlier split: the ``head_dim / 2`` channels of largest RMS) at ``b + 1`` bits, an average
+    of exactly ``b + 0.5`` (``head_dim`` even, at least 4)."""
+    if isinstance(width, bool) or not isinstance(width, (int, float, np.integer, np.floating)):
+        raise TurboQuantError(f"{name} must be a width in 1..8 (halves allowed), got {width!r}")
+    w = float(width)
+    if w == int(w) and 1 <= w <= 8:
+        return int(w), 0
+    if w - int(w) != 0.5 or not 1.5 <= w <= 7.5:
+        raise TurboQuantError(f"{name} must be an integer 1..8 or a half 1.5..7.5, got {width!r}")
+    if head_dim < 4 or head_dim % 2:
+        raise TurboQuantError(f"{name}={width}: a half width needs an even head_dim >= 4, got {head_dim}")
+    return int(w), head_dim // 2
+
+
 class KVLayerStore:
     """One attention layer's packed K/V for a batch: ``B × H_kv`` token streams in the Rust core.
 

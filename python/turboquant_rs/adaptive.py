@@ -925,7 +925,7 @@ class AdaptiveKVCache:
         tokens (`TurboQuantCache`'s default 1). The greedy allocation is then checked as a whole
         (`measure_joint_error`) against every uniform option at the budget and the uniform
         split with keys half a bit wider than values (keys carry most of the attention error:
-        on SmolLM2 at 3.0 bits K3.5/V2.5 measured +2.16 % perplexity against 3/3's +2.50 %);
+        on SmolLM2 at 3.0 bits K3.5/V2.5 measured +2.16 % perplexity against 3/3's +2.49 %);
         the best uniform candidate is kept unless the per-layer allocation beats it by more
         than two standard errors of their per-position difference (`_pick_allocation`).
         Widths may be halves (``2.5``: half of the channels one bit wider) and ``(key, value)``

@@ -527,15 +527,19 @@ def test_config_without_attention_is_refused() -> None:
         TurboQuantCache(T.MambaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2))
 
 
-@pytest.mark.parametrize("bits", [0, 9, 2.5, -1, True])
+@pytest.mark.parametrize("bits", [0, 9, 2.5, 2.25, 8.5, -1, True])
 def test_bits_out_of_range(bits: Any) -> None:
     cfg = tiny_model("llama").config
     with pytest.raises(ValueError):
         TurboQuantCache(cfg, bit_width=bits)
     with pytest.raises(ValueError):
         TurboQuantCache(cfg, key_bit_width=bits)
-    with pytest.raises(ValueError):
-        TurboQuantCache(cfg, layer_bits=[4, bits])
+    if bits == 2.5:  # a half width per layer is the outlier split of that side
+        layer = TurboQuantCache(cfg, layer_bits=[4, bits]).layers[1]
+        assert (layer.key_bits, layer.n_outlier_channels) == (2, cfg.head_dim // 2)
+    else:
+        with pytest.raises(ValueError):
+            TurboQuantCache(cfg, layer_bits=[4, bits])
 
 
 def test_bad_layer_bits_and_residual() -> None:

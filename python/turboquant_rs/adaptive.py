@@ -572,6 +572,47 @@ def _chunked_attention(
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
+def _quantized_log_probs(
+    model: Any,
+    input_ids: Any,
+    width_of: Any,
+    *,
+    seed: int,
+    n_outlier_channels: int,
+    sink_tokens: int,
+    chunk: int,
+) -> tuple[Any, int]:
+    """Next-token log-probabilities of one pass in which attention call ``j`` (layer ``idx``)
+    reads its K/V after the round trip at width ``width_of(j, idx)`` (None: exact), with the
+    layer's seed ``seed + idx`` and ``sink_tokens`` exact first tokens; with ``chunk > 0`` the
+    text goes in ``chunk``-token pieces that attend to themselves exactly (`_chunked_attention`).
+    Returns the log-probabilities and the number of attention calls."""
+    calls = [0]
+
+    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        j = calls[0]
+        calls[0] += 1
+        idx = _layer_index(getattr(module, "layer_idx", None), j)
+        width = width_of(j, idx)
+        if width is not None:
+            kq, vq = quantized_kv(
+                key, value, width, seed=seed + idx, n_outlier_channels=n_outlier_channels,
+                sink_tokens=sink_tokens,
+            )  # fmt: skip
+            if chunk > 0:
+                return _chunked_attention(query, key, value, kq, vq, chunk, **kw)
+            key, value = kq.to(key.dtype), vq.to(value.dtype)
+        return _exact_attention(module, query, key, value, attention_mask, **kw)
+
+    return _next_token_log_probs(_forward_with_attention(model, input_ids, attend)), calls[0]
+
+
+def _token_kl(exact: Any, approx: Any) -> Any:
+    """Per-position KL divergence of ``approx``'s next-token distributions from ``exact``'s
+    (positions 1.., the first has no context)."""
+    return (exact.exp() * (exact - approx)).sum(-1)[:, 1:]
+
+
 def measure_output_errors(
     model: Any,
     tokenizer: Any = None,
@@ -611,38 +652,19 @@ def measure_output_errors(
             f"the calibration text ({int(input_ids.shape[-1])} tokens) must be longer than chunk={chunk}: "
             "otherwise every token attends exactly and nothing is measured"
         )
-    state: dict[str, Any] = {"calls": 0, "target": -1, "bits": None}
-
-    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
-        j = state["calls"]
-        state["calls"] += 1
-        if j == state["target"]:
-            idx = _layer_index(getattr(module, "layer_idx", None), j)
-            kq, vq = quantized_kv(
-                key,
-                value,
-                _pair(state["bits"], "width"),
-                seed=seed + idx,
-                n_outlier_channels=n_outlier_channels,
-                sink_tokens=sink_tokens,
-            )
-            if chunk > 0:
-                return _chunked_attention(query, key, value, kq, vq, chunk, **kw)
-            key, value = kq.to(key.dtype), vq.to(value.dtype)
-        return _exact_attention(module, query, key, value, attention_mask, **kw)
-
-    exact = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
-    n_layers = state["calls"]
+    kw = {"seed": seed, "n_outlier_channels": n_outlier_channels, "sink_tokens": sink_tokens, "chunk": chunk}
+    exact, n_layers = _quantized_log_probs(model, input_ids, lambda j, idx: None, **kw)
     if n_layers == 0:
         raise ValueError("the model ran no attention layer on the calibration text: nothing to allocate")
-    p = exact.exp()
     table: list[dict[LayerBits, float]] = []
     for layer in range(n_layers):
         row: dict[LayerBits, float] = {}
         for w in options:
-            state.update(calls=0, target=layer, bits=w)
-            approx = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
-            kl = (p * (exact - approx)).sum(-1)[:, 1:]
+            pair = _pair(w, "width")
+            approx, _ = _quantized_log_probs(
+                model, input_ids, lambda j, idx, layer=layer, pair=pair: pair if j == layer else None, **kw
+            )
+            kl = _token_kl(exact, approx)
             row[w] = max(float(kl.mean()), 0.0) if torch.isfinite(kl).all() else math.inf
         table.append(row)
     return table
@@ -652,6 +674,7 @@ def _joint_token_kl(
     model: Any,
     input_ids: Any,
     layer_bits: Sequence[Any],
+    exact: Any,
     *,
     seed: int,
     n_outlier_channels: int,
@@ -659,32 +682,22 @@ def _joint_token_kl(
     chunk: int,
 ) -> Any:
     """Per-position KL divergence (float64 torch, positions 1..) of the next-token distribution
-    with every attention layer at its width of ``layer_bits`` from the exact pass'."""
+    with every attention layer at its width of ``layer_bits`` from the exact pass' log-probs
+    ``exact`` (`_quantized_log_probs` with no layer quantized)."""
     import torch
 
     widths = [_pair(b, f"layer_bits[{i}]") for i, b in enumerate(layer_bits)]
-    state: dict[str, Any] = {"calls": 0, "quantize": False}
 
-    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
-        j = state["calls"]
-        state["calls"] += 1
-        if state["quantize"]:
-            idx = _layer_index(getattr(module, "layer_idx", None), j)
-            if idx >= len(widths):
-                raise ValueError(f"layer_bits has {len(widths)} entries but the model ran layer {idx}")
-            kq, vq = quantized_kv(
-                key, value, widths[idx], seed=seed + idx, n_outlier_channels=n_outlier_channels,
-                sink_tokens=sink_tokens,
-            )  # fmt: skip
-            if chunk > 0:
-                return _chunked_attention(query, key, value, kq, vq, chunk, **kw)
-            key, value = kq.to(key.dtype), vq.to(value.dtype)
-        return _exact_attention(module, query, key, value, attention_mask, **kw)
+    def width_of(j: int, idx: int) -> Any:
+        if idx >= len(widths):
+            raise ValueError(f"layer_bits has {len(widths)} entries but the model ran layer {idx}")
+        return widths[idx]
 
-    exact = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
-    state.update(calls=0, quantize=True)
-    approx = _next_token_log_probs(_forward_with_attention(model, input_ids, attend))
-    kl = (exact.exp() * (exact - approx)).sum(-1)[:, 1:].double().reshape(-1)
+    approx, _ = _quantized_log_probs(
+        model, input_ids, width_of, seed=seed, n_outlier_channels=n_outlier_channels,
+        sink_tokens=sink_tokens, chunk=chunk,
+    )  # fmt: skip
+    kl = _token_kl(exact, approx).double().reshape(-1)
     return torch.where(torch.isfinite(kl), kl.clamp_min(0.0), torch.full_like(kl, math.inf))
 
 
@@ -707,11 +720,9 @@ def measure_joint_error(
     the layer's seed ``seed + layer``). Two forward passes; it checks an allocation as a whole,
     where the one-layer-at-a-time table assumes that layers' errors add up."""
     input_ids, _ = _calibration_inputs(tokenizer, calibration_text, input_ids, max_tokens, [3])
-    kl = _joint_token_kl(
-        model, input_ids, layer_bits, seed=seed, n_outlier_channels=n_outlier_channels,
-        sink_tokens=sink_tokens, chunk=chunk,
-    )  # fmt: skip
-    return float(kl.mean())
+    kw = {"seed": seed, "n_outlier_channels": n_outlier_channels, "sink_tokens": sink_tokens, "chunk": chunk}
+    exact, _ = _quantized_log_probs(model, input_ids, lambda j, idx: None, **kw)
+    return float(_joint_token_kl(model, input_ids, layer_bits, exact, **kw).mean())
 
 
 def _pick_allocation(
@@ -971,17 +982,11 @@ class AdaptiveKVCache:
         joint: dict[str, float] = {}
         if flat:
             ids, _ = _calibration_inputs(tokenizer, calibration_text, None, max_tokens, [3])
+            kw = {"seed": seed, "n_outlier_channels": n_outlier_channels, "sink_tokens": sink_tokens}
+            kw["chunk"] = 128
+            exact, _ = _quantized_log_probs(model, ids, lambda j, idx: None, **kw)  # once for all candidates
             token_kl = {
-                _allocation_label(c): _joint_token_kl(
-                    model,
-                    ids,
-                    c,
-                    seed=seed,
-                    n_outlier_channels=n_outlier_channels,
-                    sink_tokens=sink_tokens,
-                    chunk=128,
-                )  # fmt: skip
-                for c in [bits, *flat]
+                _allocation_label(c): _joint_token_kl(model, ids, c, exact, **kw) for c in [bits, *flat]
             }
             joint = {name: float(kl.mean()) for name, kl in token_kl.items()}
             bits = _pick_allocation(bits, flat, token_kl)

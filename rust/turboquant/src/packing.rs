@@ -111,43 +111,6 @@ pub fn unpack_row(packed: &[u8], bits: u8, out: &mut [u8]) {
     unpack_into(packed, out.len(), bits, |j, c| out[j] = c);
 }
 
-/// Unpacks one row of codes at `B` bits where `B` divides 8 (a byte holds `P = 8 / B` whole
-/// codes, code `P·k + i` in bits `[i·B, (i+1)·B)` of byte `k`).
-#[inline(always)]
-fn unpack_row_whole_bytes<const B: usize, const P: usize>(packed: &[u8], out: &mut [u8]) {
-    let mask = ((1u16 << B) - 1) as u8;
-    let whole = out.len() / P;
-    let (head, rest) = out.split_at_mut(whole * P);
-    for (g, &byte) in head.chunks_exact_mut(P).zip(packed) {
-        let g: &mut [u8; P] = g.try_into().expect("P codes");
-        for (i, c) in g.iter_mut().enumerate() {
-            *c = (byte >> (i * B)) & mask;
-        }
-    }
-    if let Some(&byte) = packed.get(whole) {
-        for (i, c) in rest.iter_mut().enumerate() {
-            *c = (byte >> (i * B)) & mask;
-        }
-    }
-}
-
-multiversion! {
-    /// Unpacks `m` consecutive packed rows of `dim` codes into `out` (`m × dim` codes,
-    /// row-major): [`unpack_row`] per row, with the 1, 2 and 4-bit rows split byte-wise (for
-    /// the other widths [`unpack_block`] then [`block_to_rows`] is faster on full blocks).
-    pub fn unpack_rows(packed: &[u8], m: usize, dim: usize, bits: u8, out: &mut [u8]) {
-        let rb = row_bytes(dim, bits);
-        for (row, dst) in packed.chunks_exact(rb).zip(out.chunks_exact_mut(dim)).take(m) {
-            match bits {
-                1 => unpack_row_whole_bytes::<1, 8>(row, dst),
-                2 => unpack_row_whole_bytes::<2, 4>(row, dst),
-                4 => unpack_row_whole_bytes::<4, 2>(row, dst),
-                _ => unpack_row(row, bits, dst),
-            }
-        }
-    }
-}
-
 multiversion! {
     /// The inverse of [`pack_block`]: unpacks `m` consecutive packed rows of `packed` into the
     /// first `m` columns of a coordinate-major code block (16×16 byte tiles are transposed, then
@@ -166,44 +129,6 @@ multiversion! {
             _ => unpack_block_const::<8>(packed, m, block),
         }
 
-    }
-}
-
-/// `rows[l·dim + j] = block[j][l]` for the 16 columns of a coordinate-major code block
-/// (`dim = block.len()`): 16×16 byte tiles transposed in registers (SSE2 on x86-64).
-pub fn block_to_rows(block: &[[u8; 16]], rows: &mut [u8]) {
-    let dim = block.len();
-    debug_assert_eq!(rows.len(), 16 * dim);
-    let tiles = dim / 16;
-    for t in 0..tiles {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use crate::simd::transpose::sse2::{transpose_regs_bitrev, REV4};
-            use std::arch::x86_64::*;
-            // SAFETY: SSE2 is part of the x86-64 baseline; each load reads one `[u8; 16]`.
-            let mut regs = [unsafe { _mm_setzero_si128() }; 16];
-            for (k, reg) in regs.iter_mut().enumerate() {
-                // SAFETY: as above.
-                *reg = unsafe { _mm_loadu_si128(block[16 * t + k].as_ptr().cast()) };
-            }
-            for (col, &l) in transpose_regs_bitrev(regs).iter().zip(&REV4) {
-                let dst = &mut rows[l * dim + 16 * t..l * dim + 16 * t + 16];
-                // SAFETY: SSE2 baseline; an unaligned store into a bounds-checked 16-byte slice.
-                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), *col) };
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let tile: &[[u8; 16]; 16] = block[16 * t..16 * t + 16].try_into().expect("16 rows");
-            for (l, row) in transpose16_u8(tile).iter().enumerate() {
-                rows[l * dim + 16 * t..l * dim + 16 * t + 16].copy_from_slice(row);
-            }
-        }
-    }
-    for j in tiles * 16..dim {
-        for l in 0..16 {
-            rows[l * dim + j] = block[j][l];
-        }
     }
 }
 
@@ -504,42 +429,6 @@ mod tests {
                             assert_eq!(got, row, "{level:?} b={bits} d={dim} m={m} lane {l}");
                         }
                     }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn row_unpacking_equals_unpack_row_at_every_width() {
-        use crate::simd::SimdLevel;
-        let mut rng = crate::rng::SplitMix64::new(7, 0);
-        for bits in 1..=8u8 {
-            for dim in [1usize, 7, 64, 100, 128] {
-                let m = 5;
-                let codes: Vec<u8> = (0..m * dim)
-                    .map(|_| (rng.next_u64() % (1 << bits)) as u8)
-                    .collect();
-                let packed = pack(&codes, dim, bits).unwrap();
-                for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-                    let mut out = vec![0xAA; m * dim];
-                    unpack_rows(level, &packed, m, dim, bits, &mut out);
-                    assert_eq!(out, codes, "bits {bits} dim {dim} {level:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn block_to_rows_transposes() {
-        for dim in [5usize, 16, 40, 128] {
-            let block: Vec<[u8; 16]> = (0..dim)
-                .map(|j| std::array::from_fn(|l| (j * 16 + l) as u8))
-                .collect();
-            let mut rows = vec![0u8; 16 * dim];
-            block_to_rows(&block, &mut rows);
-            for l in 0..16 {
-                for j in 0..dim {
-                    assert_eq!(rows[l * dim + j], block[j][l], "dim {dim}");
                 }
             }
         }

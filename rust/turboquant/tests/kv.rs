@@ -217,6 +217,11 @@ fn attention_from_codes_equals_dequantized_reference() {
     );
     // d not a power of two, 2 bits
     check_case(80, 1, 2, 2, 100, 1, side(2, 0), side(2, 0), None, None);
+    // 1-bit parts, 3-bit rows that end inside a 32-bit word, parts of 8 and 24 coordinates
+    // (a 16-coordinate group and a tail of 8 in the value sums)
+    check_case(72, 1, 3, 1, 90, 2, side(1, 8), side(2, 24), None, None);
+    // 1-bit values of 136 coordinates (one whole 16-byte chunk of 128 and a 2-bit part of 8)
+    check_case(136, 1, 2, 1, 60, 1, side(2, 0), side(1, 8), None, None);
 }
 
 /// Stored codes (`s` tokens) then `e` full-precision tokens in one softmax, against the f64
@@ -410,20 +415,29 @@ fn bytes_are_codes_plus_scales() {
 
 #[test]
 fn every_simd_level_gives_identical_attention() {
+    // 3-bit key rows of 30 bytes (a part word cut short), a 4-bit part of 16; 4-bit values;
+    // then 1/2-bit keys and 2/3-bit values with parts of 8 and 24 coordinates
+    identical_at_every_level(96, side(3, 16), side(4, 0));
+    identical_at_every_level(72, side(1, 8), side(2, 24));
+    identical_at_every_level(256, side(4, 0), side(3, 0));
+    identical_at_every_level(136, side(2, 0), side(1, 8));
+}
+
+fn identical_at_every_level(d: usize, key: SideSpec, value: SideSpec) {
     use turboquant::simd::SimdLevel;
     let cfg = KvConfig {
-        head_dim: 96,
+        head_dim: d,
         kv_heads: 2,
-        key: side(3, 16),
-        value: side(4, 0),
+        key,
+        value,
         seed: 1,
     };
     let (b, s, hq, ql) = (1, 333, 6, 2);
     let mut st = KvStore::new(cfg).unwrap();
-    let k = gaussian(b * 2 * s * 96, 11);
-    let v = gaussian(b * 2 * s * 96, 12);
+    let k = gaussian(b * 2 * s * d, 11);
+    let v = gaussian(b * 2 * s * d, 12);
     st.append(&k, &v, b, s).unwrap();
-    let q = gaussian(b * hq * ql * 96, 13);
+    let q = gaussian(b * hq * ql * d, 13);
     let (lo, hi) = (vec![0i64, 10], vec![332i64, 333]);
     let p = AttendParams {
         query_heads: hq,
@@ -442,6 +456,6 @@ fn every_simd_level_gives_identical_attention() {
     };
     let base = run(SimdLevel::Scalar);
     for level in SimdLevel::available() {
-        assert_eq!(run(level), base, "{level:?}");
+        assert_eq!(run(level), base, "{level:?} d {d}");
     }
 }

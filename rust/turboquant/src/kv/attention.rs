@@ -11,7 +11,7 @@ use super::kernels::{self, RowBounds, RowState};
 use super::side::{SideCodec, SideStream};
 use super::store::{checked_size, KvStore};
 use crate::error::{Error, Result};
-use crate::packing::{block_to_rows, unpack_block, unpack_rows};
+use crate::packing::unpack_block;
 use crate::parallel;
 use crate::simd::kernels::LANES;
 use crate::simd::lanes::{self, Lanes, DOT_ROWS};
@@ -74,14 +74,14 @@ struct StreamQueries {
 /// Per-task buffers.
 struct Scratch {
     codes: Vec<[u8; LANES]>,
+    /// The block's packed key rows, word-major (`words[k][l]` = word `k` of token `l`).
+    words: Vec<[u32; LANES]>,
     block: Vec<Lanes>,
     /// The block's decoded value rows, token-major (`LANES × d_p`).
     rows: Vec<f32>,
     scores: Vec<Lanes>,
     factors: Vec<f32>,
     bounds: Vec<RowBounds>,
-    /// The block's value codes, token-major (`LANES × d_p`).
-    value_codes: Vec<u8>,
     /// The rows' softmax weights times each token's value scale.
     weights: Vec<Lanes>,
 }
@@ -90,32 +90,36 @@ impl Scratch {
     fn new(d: usize) -> Scratch {
         Scratch {
             codes: vec![[0; LANES]; d],
+            words: vec![[0; LANES]; d.div_ceil(8) + 1],
             block: vec![[0.0; LANES]; d],
             rows: vec![0.0; LANES * d],
             scores: vec![[0.0; LANES]; GROUP_ROWS],
             factors: vec![1.0; GROUP_ROWS],
             bounds: Vec::with_capacity(GROUP_ROWS),
-            value_codes: vec![0; LANES * d],
             weights: vec![[0.0; LANES]; GROUP_ROWS],
         }
     }
 }
 
-/// The centroids of part `p`'s codebook padded to 16 entries, when it has at most 16 (the
-/// codes-direct kernels read such a table from one register).
-fn small_table(side: &SideCodec, p: usize) -> Option<[f32; 16]> {
-    let c = side.parts[p].codebook().centroids();
-    (c.len() <= 16).then(|| {
-        let mut t = [0.0f32; 16];
-        t[..c.len()].copy_from_slice(c);
-        t
-    })
+/// For a part of at most 4 bits, its bits and its centroids repeated to 16 entries (the
+/// packed-codes kernels read such a table from one register and ignore the bits above a
+/// code); `None` for wider parts, which are decoded first.
+fn packed_table(side: &SideCodec, p: usize) -> Option<(u32, [f32; 16])> {
+    let q = &side.parts[p];
+    let (bits, c) = (q.mse_bits() as u32, q.codebook().centroids());
+    (bits <= 4 && c.len() == 1 << bits).then(|| (bits, std::array::from_fn(|i| c[i % c.len()])))
 }
 
 /// The scales of tokens `t .. t + m` of part `p` of a stream, zero in lanes `m..`.
 fn block_scales(stream: &SideStream, p: usize, t: usize, m: usize) -> Lanes {
+    let scales = &stream.parts[p].scales[t..t + m];
+    if let Ok(full) = scales.try_into() {
+        // (a plain copy: a variable-length one is a memcpy call whose narrow stores stall
+        // the wide loads that follow)
+        return full;
+    }
     let mut scale = [0.0f32; LANES];
-    scale[..m].copy_from_slice(&stream.parts[p].scales[t..t + m]);
+    scale[..m].copy_from_slice(scales);
     scale
 }
 
@@ -388,10 +392,10 @@ impl KvStore {
             .map(|q| vec![0.0; n * q.dim()])
             .collect();
         let key_tables: Vec<_> = (0..self.key.parts.len())
-            .map(|p| small_table(&self.key, p))
+            .map(|p| packed_table(&self.key, p))
             .collect();
         let value_tables: Vec<_> = (0..self.value.parts.len())
-            .map(|p| small_table(&self.value, p))
+            .map(|p| packed_table(&self.value, p))
             .collect();
         let mut t = task.t0;
         while t < task.t1 {
@@ -402,17 +406,21 @@ impl KvStore {
             for (part, q) in self.key.parts.iter().enumerate() {
                 let dp = q.dim();
                 let rq = &sq.rotated[part][task.row0 * dp..(task.row0 + n) * dp];
-                if let Some(table) = &key_tables[part] {
-                    // codes → centroids inside the dot products; the scales once per sum
+                if let Some((bits, table)) = &key_tables[part] {
+                    // packed codes → centroids inside the dot products; the scales once per sum
                     let (cb, rows) = (q.code_bytes(), &kstream.parts[part]);
                     let packed = &rows.codes[t * cb..(t + m) * cb];
-                    unpack_block(level, packed, m, q.mse_bits(), &mut s.codes[..dp]);
+                    let nw = cb.div_ceil(4);
+                    for w0 in (0..nw).step_by(LANES) {
+                        let words = &mut s.words[w0..nw.min(w0 + LANES)];
+                        lanes::load_words(level, packed, cb, w0, words);
+                    }
                     let scale = block_scales(kstream, part, t, m);
                     for r0 in (0..n).step_by(DOT_ROWS) {
                         let r1 = (r0 + DOT_ROWS).min(n);
-                        let (codes, scores) = (&s.codes[..dp], &mut s.scores[r0..r1]);
+                        let (words, scores) = (&s.words[..nw], &mut s.scores[r0..r1]);
                         let qs = &rq[r0 * dp..r1 * dp];
-                        lanes::dot_codes_lanes(level, codes, table, &scale, qs, scores);
+                        lanes::dot_words_lanes(level, words, *bits, table, &scale, qs, scores);
                     }
                     continue;
                 }
@@ -451,24 +459,15 @@ impl KvStore {
                 for (part, a) in acc.iter_mut().enumerate() {
                     let q = &self.value.parts[part];
                     let dp = q.dim();
-                    if let Some(table) = &value_tables[part] {
-                        // token-major codes read through the table; the scales join the weights
+                    if let Some((bits, table)) = &value_tables[part] {
+                        // packed token-major codes read through the table; the scales join the
+                        // weights
                         let (cb, rows) = (q.code_bytes(), &vstream.parts[part]);
-                        let codes = &mut s.value_codes[..LANES * dp];
-                        let (packed, bits) = (&rows.codes[t * cb..(t + m) * cb], q.mse_bits());
-                        if matches!(bits, 1 | 2 | 4) {
-                            unpack_rows(level, packed, m, dp, bits, codes);
-                            codes[m * dp..].fill(0);
-                        } else {
-                            // (columns m.. of the block are code 0)
-                            unpack_block(level, packed, m, bits, &mut s.codes[..dp]);
-                            block_to_rows(&s.codes[..dp], codes);
-                        }
+                        let packed = &rows.codes[t * cb..(t + m) * cb];
                         let scale = block_scales(vstream, part, t, m);
-                        for (w, p) in s.weights[..n].iter_mut().zip(&s.scores[..n]) {
-                            *w = std::array::from_fn(|l| p[l] * scale[l]);
-                        }
-                        lanes::accumulate_codes_lanes(level, codes, table, &s.weights[..n], a);
+                        kernels::weigh(level, &s.scores[..n], &scale, &mut s.weights[..n]);
+                        let w = &s.weights[..n];
+                        lanes::accumulate_packed_lanes(level, packed, cb, *bits, table, w, a);
                         continue;
                     }
                     decode_part(level, &self.value, vstream, part, t, m, s);
@@ -502,6 +501,18 @@ impl KvStore {
             .iter()
             .map(|q| vec![0.0; q.dim()])
             .collect();
+        // where each slot of a packed part's sums belongs (they are summed shuffled)
+        let slot_coords: Vec<Option<Vec<usize>>> = (0..self.value.parts.len())
+            .map(|p| {
+                let dp = self.value.parts[p].dim();
+                packed_table(&self.value, p).map(|(bits, _)| {
+                    (0..dp)
+                        .map(|s| lanes::packed_slot_coordinate(bits, dp, s))
+                        .collect()
+                })
+            })
+            .collect();
+        let mut natural = vec![0.0f32; d];
         while i < tasks.len() {
             let (stream, row0, n) = (tasks[i].stream, tasks[i].row0, tasks[i].rows);
             let mut j = i;
@@ -529,7 +540,7 @@ impl KvStore {
                         continue;
                     }
                     let f = kernels::exp(st.max - max);
-                    sum += f * st.sum;
+                    sum += f * st.sum();
                     for (po, a) in part_out.iter_mut().zip(&pt.acc) {
                         let dp = po.len();
                         for (o, &v) in po.iter_mut().zip(&a[r * dp..(r + 1) * dp]) {
@@ -543,6 +554,13 @@ impl KvStore {
                 let at = (head * ql + qi) * d;
                 let dst = &mut out[at..at + d];
                 for (part, (po, q)) in part_out.iter_mut().zip(&self.value.parts).enumerate() {
+                    if let Some(coords) = &slot_coords[part] {
+                        let nat = &mut natural[..po.len()];
+                        for (&c, &v) in coords.iter().zip(po.iter()) {
+                            nat[c] = v;
+                        }
+                        po.copy_from_slice(nat);
+                    }
                     for v in po.iter_mut() {
                         *v /= sum;
                     }

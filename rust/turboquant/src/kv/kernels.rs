@@ -22,6 +22,17 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `out[r][l] = p[r][l] · scale[l]`: the rows' softmax weights times each token's value scale.
+    pub fn weigh(p: &[Lanes], scale: &Lanes, out: &mut [Lanes]) {
+        for (o, pr) in out.iter_mut().zip(p) {
+            for l in 0..LANES {
+                o[l] = pr[l] * scale[l];
+            }
+        }
+    }
+}
+
 /// `e^x` in f32 (relative error below 2e-7; 0 below −87.3, +∞ above 88.7): a degree-6
 /// polynomial on `x − n ln 2` scaled by `2^n`, written so that it vectorizes lane-wise.
 #[inline(always)]
@@ -67,16 +78,23 @@ pub(super) fn soft_cap(z: f32, cap: f32) -> f32 {
 pub struct RowState {
     /// Running maximum logit (−∞ before any token).
     pub max: f32,
-    /// Running sum of `e^{z − max}`.
-    pub sum: f32,
+    /// Running sums of `e^{z − max}` per block lane (added up once, by [`RowState::sum`]).
+    lane_sums: Lanes,
 }
 
 impl Default for RowState {
     fn default() -> Self {
         RowState {
             max: f32::NEG_INFINITY,
-            sum: 0.0,
+            lane_sums: [0.0; LANES],
         }
+    }
+}
+
+impl RowState {
+    /// The running sum of `e^{z − max}` over every token seen.
+    pub fn sum(&self) -> f32 {
+        halving_tree(self.lane_sums, |a, b| a + b)
     }
 }
 
@@ -139,8 +157,14 @@ multiversion! {
                     *v = if li >= lo && li < hi { *v } else { f32::NEG_INFINITY };
                 }
             }
-            let bmax = halving_tree(z, f32::max);
-            let new_max = st.max.max(bmax);
+            // the block's maximum only when a lane passes the running one (rarely, once the
+            // largest logits have been seen)
+            let passes = z.iter().fold(false, |any, &v| any | (v > st.max));
+            let new_max = if passes {
+                halving_tree(z, |a, b| if a > b { a } else { b })
+            } else {
+                st.max
+            };
             *f = 1.0;
             if new_max == f32::NEG_INFINITY {
                 *s = [0.0; LANES];
@@ -148,14 +172,18 @@ multiversion! {
             }
             if new_max > st.max {
                 *f = exp(st.max - new_max);
-                st.sum *= *f;
+                for v in st.lane_sums.iter_mut() {
+                    *v *= *f;
+                }
                 st.max = new_max;
             }
             let mut p = [0.0f32; LANES];
             for l in 0..LANES {
                 p[l] = exp(z[l] - new_max);
             }
-            st.sum += halving_tree(p, |a, b| a + b);
+            for (acc, &v) in st.lane_sums.iter_mut().zip(&p) {
+                *acc += v;
+            }
             *s = p;
         }
     }

@@ -49,6 +49,46 @@ trait Row: Copy {
     fn lookup16(codes: &[u8; LANES], table: &[f32; 16]) -> Self {
         Self::load(&codes.map(|c| table[c as usize]))
     }
+    /// `table[(w[l] >> shift) & 15]` per lane (`shift < 32`): the code at bit `shift` of each
+    /// lane's 32-bit word of packed codes, read through a table repeated to 16 entries (so that
+    /// the bits above a code narrower than 4 bits select the same entry).
+    #[inline(always)]
+    fn lookup_word(w: &[u32; LANES], shift: u32, table: &[f32; 16]) -> Self {
+        Self::load(&w.map(|v| table[((v >> shift) & 15) as usize]))
+    }
+    /// [`Row::lookup_word`] for a code that straddles two words: its low bits are the top of
+    /// `w` (from bit `shift`, `0 < shift < 32`), its high bits the bottom of `next`.
+    #[inline(always)]
+    fn lookup_word_pair(
+        w: &[u32; LANES],
+        next: &[u32; LANES],
+        shift: u32,
+        table: &[f32; 16],
+    ) -> Self {
+        Self::load(&std::array::from_fn(|l| {
+            table[(((w[l] >> shift) | (next[l] << (32 - shift))) & 15) as usize]
+        }))
+    }
+    /// `table[(bytes[k] >> shift) & 15]` in lane `k` (`shift < 8`): one code of each of 16
+    /// packed bytes, through a table repeated to 16 entries.
+    #[inline(always)]
+    fn lookup_bytes(bytes: &[u8; LANES], shift: u32, table: &[f32; 16]) -> Self {
+        Self::load(&bytes.map(|b| table[((b as u32 >> shift) & 15) as usize]))
+    }
+    /// `table[code k]` in lane `k` for the 16 consecutive `B`-bit codes (`B ≤ 4`) that start at
+    /// bit 0 of `bytes` (bytes past its end read as zero), through a table repeated to 16
+    /// entries.
+    #[inline(always)]
+    fn lookup_run<const B: u32>(bytes: &[u8], table: &[f32; 16]) -> Self {
+        Self::load(&std::array::from_fn(|k| table[run_code::<B>(bytes, k)]))
+    }
+    /// `out[k][l]` = little-endian 32-bit word `w0 + k` of row `l`, for the `m ≤ 16` rows of
+    /// `row_bytes` bytes in `packed` and `k < out.len() ≤ 16`; rows `m..` read as zero, bytes
+    /// past a row's end as zero or as the next row's (callers read only the row's codes).
+    #[inline(always)]
+    fn load_words(packed: &[u8], row_bytes: usize, w0: usize, out: &mut [[u32; LANES]]) {
+        portable_load_words(packed, row_bytes, w0, out)
+    }
     /// `(code, centroid)` per lane of the scaled coordinates `y` for a codebook of at most 16
     /// entries with its [`CellTable`] (`centroids` padded to 16 entries; code = the number of
     /// boundaries strictly below). The default looks up the cells lane by lane.
@@ -73,6 +113,60 @@ fn portable_load_rows(rows: &[f32], dim: usize, out: &mut [Lanes]) {
     for lane in out.iter_mut() {
         lane[m..].fill(0.0);
     }
+}
+
+/// Code `k` (of `B ≤ 4` bits, plus the bits above it up to 4) of the bit stream `bytes`
+/// (bytes past its end read as zero).
+#[inline(always)]
+fn run_code<const B: u32>(bytes: &[u8], k: usize) -> usize {
+    let bit = k * B as usize;
+    let byte = |i: usize| bytes.get(i).copied().unwrap_or(0) as usize;
+    ((byte(bit / 8) | (byte(bit / 8 + 1) << 8)) >> (bit % 8)) & 15
+}
+
+/// The portable [`Row::load_words`].
+#[inline(always)]
+fn portable_load_words(packed: &[u8], row_bytes: usize, w0: usize, out: &mut [[u32; LANES]]) {
+    let m = packed.len() / row_bytes.max(1);
+    for (k, o) in out.iter_mut().enumerate() {
+        for (l, v) in o.iter_mut().enumerate() {
+            let mut word = [0u8; 4];
+            if l < m {
+                let row = &packed[l * row_bytes..(l + 1) * row_bytes];
+                let at = 4 * (w0 + k);
+                for (i, b) in word.iter_mut().enumerate() {
+                    *b = row.get(at + i).copied().unwrap_or(0);
+                }
+            }
+            *v = u32::from_le_bytes(word);
+        }
+    }
+}
+
+/// Per `B ≤ 4` (index `B − 1`), the byte-shuffle control and the shifts that bring code `k` of
+/// a 16-code run to the bottom of 32-bit lane `k`: bytes `⌊kB/8⌋` and `⌊kB/8⌋ + 1` of the run
+/// into the lane's two low bytes (the others zero), then a right shift by `kB mod 8`.
+#[cfg(target_arch = "x86_64")]
+static RUN_CONTROL: [([u8; 64], [u32; 16]); 4] = [
+    run_control(1),
+    run_control(2),
+    run_control(3),
+    run_control(4),
+];
+
+/// One entry of [`RUN_CONTROL`].
+#[cfg(target_arch = "x86_64")]
+const fn run_control(b: usize) -> ([u8; 64], [u32; 16]) {
+    let mut ctrl = [0x80u8; 64];
+    let mut shift = [0u32; 16];
+    let mut k = 0;
+    while k < 16 {
+        ctrl[4 * k] = (k * b / 8) as u8;
+        ctrl[4 * k + 1] = (k * b / 8 + 1) as u8;
+        shift[k] = (k * b % 8) as u32;
+        k += 1;
+    }
+    (ctrl, shift)
 }
 
 /// `rows[l·dim + j] = block[j][l]` for the `rows.len()/dim` rows.
@@ -204,6 +298,84 @@ mod x86 {
             unsafe {
                 let i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.as_ptr().cast()));
                 let i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.as_ptr().add(8).cast()));
+                Avx2(
+                    lookup::<2>(table.as_ptr(), i0),
+                    lookup::<2>(table.as_ptr(), i1),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lookup_word(w: &[u32; 16], shift: u32, table: &[f32; 16]) -> Self {
+            // SAFETY: AVX2 is enabled in every caller; `w` is 16 readable u32 (two 8-lane
+            // loads), the table 16 f32 as `lookup::<2>` reads it; only index bits 0-3 matter.
+            unsafe {
+                let s = _mm_cvtsi32_si128(shift as i32);
+                let i0 = _mm256_srl_epi32(_mm256_loadu_si256(w.as_ptr().cast()), s);
+                let i1 = _mm256_srl_epi32(_mm256_loadu_si256(w.as_ptr().add(8).cast()), s);
+                Avx2(
+                    lookup::<2>(table.as_ptr(), i0),
+                    lookup::<2>(table.as_ptr(), i1),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lookup_word_pair(
+            w: &[u32; 16],
+            next: &[u32; 16],
+            shift: u32,
+            table: &[f32; 16],
+        ) -> Self {
+            // SAFETY: as `lookup_word`, with `next` 16 readable u32 as well.
+            unsafe {
+                let (s, t) = (
+                    _mm_cvtsi32_si128(shift as i32),
+                    _mm_cvtsi32_si128(32 - shift as i32),
+                );
+                let half = |i: usize| {
+                    _mm256_or_si256(
+                        _mm256_srl_epi32(_mm256_loadu_si256(w.as_ptr().add(i).cast()), s),
+                        _mm256_sll_epi32(_mm256_loadu_si256(next.as_ptr().add(i).cast()), t),
+                    )
+                };
+                let (i0, i1) = (half(0), half(8));
+                Avx2(
+                    lookup::<2>(table.as_ptr(), i0),
+                    lookup::<2>(table.as_ptr(), i1),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lookup_bytes(bytes: &[u8; 16], shift: u32, table: &[f32; 16]) -> Self {
+            // SAFETY: AVX2 is enabled in every caller; 16 bytes (two 8-byte loads), a 16-entry
+            // table as `lookup::<2>` reads it; only index bits 0-3 matter.
+            unsafe {
+                let s = _mm_cvtsi32_si128(shift as i32);
+                let i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.as_ptr().cast()));
+                let i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.as_ptr().add(8).cast()));
+                Avx2(
+                    lookup::<2>(table.as_ptr(), _mm256_srl_epi32(i0, s)),
+                    lookup::<2>(table.as_ptr(), _mm256_srl_epi32(i1, s)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lookup_run<const B: u32>(bytes: &[u8], table: &[f32; 16]) -> Self {
+            let mut run = [0u8; 16];
+            let n = bytes.len().min(16);
+            run[..n].copy_from_slice(&bytes[..n]);
+            let (ctrl, shift) = &super::RUN_CONTROL[B as usize - 1];
+            // SAFETY: AVX2 is enabled in every caller; `run` is 16 bytes, `ctrl` 64 bytes and
+            // `shift` 16 u32 (two 32-byte loads each); both 128-bit halves hold the same run,
+            // so the in-lane byte shuffle can pick any of its bytes.
+            unsafe {
+                let y = _mm256_broadcastsi128_si256(_mm_loadu_si128(run.as_ptr().cast()));
+                let idx = |i: usize| {
+                    _mm256_srlv_epi32(
+                        _mm256_shuffle_epi8(y, _mm256_loadu_si256(ctrl.as_ptr().add(4 * i).cast())),
+                        _mm256_loadu_si256(shift.as_ptr().add(i).cast()),
+                    )
+                };
+                let (i0, i1) = (idx(0), idx(8));
                 Avx2(
                     lookup::<2>(table.as_ptr(), i0),
                     lookup::<2>(table.as_ptr(), i1),
@@ -421,6 +593,100 @@ mod x86 {
             unsafe {
                 let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.as_ptr().cast()));
                 Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
+            }
+        }
+        #[inline(always)]
+        fn lookup_word(w: &[u32; 16], shift: u32, table: &[f32; 16]) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller; `w` is 16 readable u32, the table 16
+            // f32; the permute reads only the low 4 bits of each index.
+            unsafe {
+                let w = _mm512_loadu_si512(w.as_ptr().cast());
+                let idx = _mm512_srl_epi32(w, _mm_cvtsi32_si128(shift as i32));
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
+            }
+        }
+        #[inline(always)]
+        fn lookup_word_pair(
+            w: &[u32; 16],
+            next: &[u32; 16],
+            shift: u32,
+            table: &[f32; 16],
+        ) -> Self {
+            // SAFETY: as `lookup_word`, with `next` 16 readable u32 as well.
+            unsafe {
+                let lo = _mm512_srl_epi32(
+                    _mm512_loadu_si512(w.as_ptr().cast()),
+                    _mm_cvtsi32_si128(shift as i32),
+                );
+                let hi = _mm512_sll_epi32(
+                    _mm512_loadu_si512(next.as_ptr().cast()),
+                    _mm_cvtsi32_si128(32 - shift as i32),
+                );
+                let idx = _mm512_or_si512(lo, hi);
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
+            }
+        }
+        #[inline(always)]
+        fn lookup_bytes(bytes: &[u8; 16], shift: u32, table: &[f32; 16]) -> Self {
+            // SAFETY: AVX-512F is enabled in every caller; 16 readable bytes, a 16-entry table;
+            // the permute reads only the low 4 bits of each index.
+            unsafe {
+                let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
+                let idx = _mm512_srl_epi32(b, _mm_cvtsi32_si128(shift as i32));
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
+            }
+        }
+        #[inline(always)]
+        fn lookup_run<const B: u32>(bytes: &[u8], table: &[f32; 16]) -> Self {
+            let (ctrl, shift) = &super::RUN_CONTROL[B as usize - 1];
+            // SAFETY: AVX-512F/BW/VL are enabled in every caller; the plain load reads 16 bytes
+            // of `bytes`, the masked one only its first `n < 16` (masked-off bytes never
+            // fault); `ctrl` is 64 bytes and `shift` 16 u32; every 128-bit lane holds the same
+            // run, so the in-lane byte shuffle can pick any of its bytes; the permute reads
+            // index bits 0-3 only.
+            unsafe {
+                let run = if bytes.len() >= 16 {
+                    _mm_loadu_si128(bytes.as_ptr().cast())
+                } else {
+                    let mask = ((1u32 << bytes.len()) - 1) as __mmask16;
+                    _mm_maskz_loadu_epi8(mask, bytes.as_ptr().cast())
+                };
+                let y = _mm512_broadcast_i32x4(run);
+                let picked = _mm512_shuffle_epi8(y, _mm512_loadu_si512(ctrl.as_ptr().cast()));
+                let idx = _mm512_srlv_epi32(picked, _mm512_loadu_si512(shift.as_ptr().cast()));
+                Avx512(_mm512_permutexvar_ps(idx, _mm512_loadu_ps(table.as_ptr())))
+            }
+        }
+        #[inline(always)]
+        fn load_words(packed: &[u8], row_bytes: usize, w0: usize, out: &mut [[u32; 16]]) {
+            let m = (packed.len() / row_bytes.max(1)).min(16);
+            let at = 4 * w0;
+            let n = row_bytes.saturating_sub(at).min(64);
+            let mask: __mmask64 = if n == 64 { !0 } else { (1u64 << n) - 1 };
+            // SAFETY: AVX-512F/BW are enabled in every caller. Row `l < m` lies inside
+            // `packed`; the plain load reads 64 bytes inside `packed` (checked), the masked
+            // load its bytes `at .. at + n` (inside the row; masked bytes never fault, and with
+            // n = 0 nothing is read); the other rows are zero; the transpose is register-only
+            // and `out.len() ≤ 16` rows are stored.
+            unsafe {
+                let mut r = [_mm512_setzero_ps(); 16];
+                if n > 0 {
+                    for (l, reg) in r.iter_mut().enumerate().take(m) {
+                        let p = packed.as_ptr().add(l * row_bytes + at);
+                        // a plain load where 64 bytes lie inside `packed` (masked loads that
+                        // miss the cache measured slow; bytes of the next row only reach bits
+                        // above the row's codes, which the lookups ignore)
+                        *reg = if l * row_bytes + at + 64 <= packed.len() {
+                            _mm512_loadu_ps(p.cast())
+                        } else {
+                            _mm512_castsi512_ps(_mm512_maskz_loadu_epi8(mask, p.cast()))
+                        };
+                    }
+                }
+                let t = transpose16(r);
+                for (o, reg) in out.iter_mut().zip(t.iter()).take(16) {
+                    _mm512_storeu_ps(o.as_mut_ptr().cast(), *reg);
+                }
             }
         }
         #[inline(always)]
@@ -740,12 +1006,57 @@ lane_kernel! {
 /// Query rows scored per pass of [`dot_rows_lanes`] (their sums stay in registers).
 pub const DOT_ROWS: usize = 8;
 
+/// Coordinate rows of a block as the score kernels read them (`col(j)` = coordinate `j` of the
+/// block's `LANES` tokens); a trait, not a closure, so that the reads are always inlined into
+/// the caller's target features.
+trait Columns<R: Row>: Copy {
+    /// Coordinates per run (a power of two): the kernels step through whole runs, so that
+    /// `col(j)` sees `j mod RUN` as a constant (a packed word of codes read with fixed shifts).
+    const RUN: usize = 2;
+    /// Coordinate `j` of every token of the block.
+    fn col(self, j: usize) -> R;
+}
+
+/// A decoded coordinate-major block.
+#[derive(Clone, Copy)]
+struct FloatColumns<'a>(&'a [Lanes]);
+
+impl<R: Row> Columns<R> for FloatColumns<'_> {
+    #[inline(always)]
+    fn col(self, j: usize) -> R {
+        R::load(&self.0[j])
+    }
+}
+
+/// A block's packed `B`-bit codes held word-major (see [`load_words`]) and the codebook
+/// repeated to 16 entries.
+#[derive(Clone, Copy)]
+struct WordColumns<'a, const B: u32> {
+    words: &'a [[u32; LANES]],
+    table: &'a [f32; 16],
+}
+
+impl<R: Row, const B: u32> Columns<R> for WordColumns<'_, B> {
+    /// A word's codes where `B` divides 32.
+    const RUN: usize = if 32 % B == 0 { 32 / B as usize } else { 2 };
+    #[inline(always)]
+    fn col(self, j: usize) -> R {
+        let bit = j as u32 * B;
+        let (w, shift) = ((bit / 32) as usize, bit % 32);
+        if shift + B <= 32 {
+            R::lookup_word(&self.words[w], shift, self.table)
+        } else {
+            R::lookup_word_pair(&self.words[w], &self.words[w + 1], shift, self.table)
+        }
+    }
+}
+
 /// `out[r] += post ⊙ Σ_j q[r][j] · col(j)` for `N` rows of `q` (row-major, `d` each): even and
 /// odd coordinates summed apart (`2N` independent FMA chains) and added at the end.
 #[inline(always)]
-fn dot_rows_n<R: Row, const N: usize>(
+fn dot_rows_n<R: Row, C: Columns<R>, const N: usize>(
     d: usize,
-    col: impl Fn(usize) -> R,
+    cols: C,
     q: &[f32],
     post: R,
     out: &mut [Lanes],
@@ -753,17 +1064,33 @@ fn dot_rows_n<R: Row, const N: usize>(
     let qr: [&[f32]; N] = std::array::from_fn(|r| &q[r * d..(r + 1) * d]);
     let mut even = [R::splat(0.0); N];
     let mut odd = [R::splat(0.0); N];
+    // (a macro, not a closure: a closure would be compiled outside the target features)
+    macro_rules! pair {
+        ($j:expr) => {{
+            let j = $j;
+            let (c0, c1) = (cols.col(j), cols.col(j + 1));
+            for r in 0..N {
+                even[r] = c0.mul_add(R::splat(qr[r][j]), even[r]);
+                odd[r] = c1.mul_add(R::splat(qr[r][j + 1]), odd[r]);
+            }
+        }};
+    }
     let mut j = 0;
-    while j + 2 <= d {
-        let (c0, c1) = (col(j), col(j + 1));
-        for r in 0..N {
-            even[r] = c0.mul_add(R::splat(qr[r][j]), even[r]);
-            odd[r] = c1.mul_add(R::splat(qr[r][j + 1]), odd[r]);
+    // whole runs of `C::RUN` coordinates first (the same pairs in the same order), so that
+    // the position of each coordinate inside a run is a constant
+    let run = C::RUN.max(2);
+    while j + run <= d {
+        for u in (0..run).step_by(2) {
+            pair!(j + u);
         }
+        j += run;
+    }
+    while j + 2 <= d {
+        pair!(j);
         j += 2;
     }
     if j < d {
-        let c = col(j);
+        let c = cols.col(j);
         for r in 0..N {
             even[r] = c.mul_add(R::splat(qr[r][j]), even[r]);
         }
@@ -777,17 +1104,17 @@ fn dot_rows_n<R: Row, const N: usize>(
 
 /// [`dot_rows_n`] for `out.len() ≤ DOT_ROWS` rows.
 #[inline(always)]
-fn dot_rows_any<R: Row>(d: usize, col: impl Fn(usize) -> R, q: &[f32], post: R, out: &mut [Lanes]) {
+fn dot_rows_any<R: Row>(d: usize, cols: impl Columns<R>, q: &[f32], post: R, out: &mut [Lanes]) {
     match out.len() {
         0 => {}
-        1 => dot_rows_n::<R, 1>(d, col, q, post, out),
-        2 => dot_rows_n::<R, 2>(d, col, q, post, out),
-        3 => dot_rows_n::<R, 3>(d, col, q, post, out),
-        4 => dot_rows_n::<R, 4>(d, col, q, post, out),
-        5 => dot_rows_n::<R, 5>(d, col, q, post, out),
-        6 => dot_rows_n::<R, 6>(d, col, q, post, out),
-        7 => dot_rows_n::<R, 7>(d, col, q, post, out),
-        _ => dot_rows_n::<R, 8>(d, col, q, post, out),
+        1 => dot_rows_n::<R, _, 1>(d, cols, q, post, out),
+        2 => dot_rows_n::<R, _, 2>(d, cols, q, post, out),
+        3 => dot_rows_n::<R, _, 3>(d, cols, q, post, out),
+        4 => dot_rows_n::<R, _, 4>(d, cols, q, post, out),
+        5 => dot_rows_n::<R, _, 5>(d, cols, q, post, out),
+        6 => dot_rows_n::<R, _, 6>(d, cols, q, post, out),
+        7 => dot_rows_n::<R, _, 7>(d, cols, q, post, out),
+        _ => dot_rows_n::<R, _, 8>(d, cols, q, post, out),
     }
 }
 
@@ -795,62 +1122,172 @@ lane_kernel! {
     /// Attention scores of one block (coordinate-major, `block[j][l]` = coordinate `j` of token
     /// `l`): `out[r] += Σ_j q[r][j] · block[j]` for the `out.len() ≤ DOT_ROWS` rows of `q`.
     pub fn dot_rows_lanes(block: &[Lanes], q: &[f32], out: &mut [Lanes]) {
-        dot_rows_any::<R>(block.len(), |j| R::load(&block[j]), q, R::splat(1.0), out);
+        dot_rows_any::<R>(block.len(), FloatColumns(block), q, R::splat(1.0), out);
+    }
+}
+
+/// [`dot_rows_any`] over a block of packed `B`-bit codes held as words (see
+/// [`dot_words_lanes`]).
+#[inline(always)]
+fn dot_words<R: Row, const B: u32>(
+    words: &[[u32; LANES]],
+    table: &[f32; 16],
+    scale: &Lanes,
+    q: &[f32],
+    out: &mut [Lanes],
+) {
+    let d = q.len() / out.len().max(1);
+    let cols = WordColumns::<B> { words, table };
+    dot_rows_any::<R>(d, cols, q, R::load(scale), out);
+}
+
+lane_kernel! {
+    /// `out[k][l]` = little-endian 32-bit word `w0 + k` of packed row `l` (`m = packed.len() /
+    /// row_bytes ≤ 16` rows; rows `m..` read as zero, bytes past a row as zero or the next row's; `out.len() ≤ 16`):
+    /// a block's packed codes turned word-major for [`dot_words_lanes`].
+    pub fn load_words(packed: &[u8], row_bytes: usize, w0: usize, out: &mut [[u32; LANES]]) {
+        R::load_words(packed, row_bytes, w0, out)
     }
 }
 
 lane_kernel! {
-    /// Attention scores straight from a coordinate-major code block of a codebook of at most 16
-    /// entries (`table`, padded to 16): `out[r] += scale ⊙ Σ_j q[r][j] · table[codes[j]]` for the
-    /// `out.len() ≤ DOT_ROWS` rows of `q` (the tokens' scales applied once, to the sums).
-    pub fn dot_codes_lanes(codes: &[[u8; LANES]], table: &[f32; 16], scale: &Lanes, q: &[f32], out: &mut [Lanes]) {
-        dot_rows_any::<R>(codes.len(), |j| R::lookup16(&codes[j], table), q, R::load(scale), out);
+    /// Attention scores straight from a block's packed codes of `bits ≤ 4` bits (`words[k][l]`
+    /// = word `k` of token `l`'s packed row, from [`load_words`]; `table` the codebook repeated
+    /// to 16 entries): `out[r] += scale ⊙ Σ_j q[r][j] · table[code_j]` for the `out.len() ≤
+    /// DOT_ROWS` rows of `q` (the tokens' scales applied once, to the sums).
+    pub fn dot_words_lanes(words: &[[u32; LANES]], bits: u32, table: &[f32; 16], scale: &Lanes, q: &[f32], out: &mut [Lanes]) {
+        match bits {
+            1 => dot_words::<R, 1>(words, table, scale, q, out),
+            2 => dot_words::<R, 2>(words, table, scale, q, out),
+            3 => dot_words::<R, 3>(words, table, scale, q, out),
+            _ => dot_words::<R, 4>(words, table, scale, q, out),
+        }
     }
 }
 
 /// Rows accumulated per pass of [`accumulate_rows_lanes`]: they share each load of a value row.
 const ACC_ROWS: usize = 4;
 
-/// Where a block's token-major value rows come from: decoded floats, or codes and a table.
+/// A block's token-major value rows as the accumulation reads them, in the order of the sums'
+/// slots: `group(l, c)` is the values of token `l` for slots `c .. c + 16` (`c` a multiple of
+/// 16), `one(l, c)` for slot `c` (in the tail of `dim mod 16` slots, where slot = coordinate).
+trait ValueRows<R: Row>: Copy {
+    /// Tokens in the block.
+    fn tokens(self) -> usize;
+    /// Slots `c .. c + LANES` of token `l`.
+    fn group(self, l: usize, c: usize) -> R;
+    /// Slot `c` of token `l`.
+    fn one(self, l: usize, c: usize) -> f32;
+}
+
+/// `LANES` decoded rows of `dim` floats.
 #[derive(Clone, Copy)]
-enum ValueRows<'a> {
-    /// `LANES × dim` decoded values.
-    Floats(&'a [f32]),
-    /// `LANES × dim` codes of a codebook of at most 16 entries (padded to 16).
-    Codes(&'a [u8], &'a [f32; 16]),
+struct FloatRows<'a> {
+    rows: &'a [f32],
+    dim: usize,
 }
 
-impl ValueRows<'_> {
-    /// Coordinates `i .. i + 16` of the flat token-major block.
+impl<R: Row> ValueRows<R> for FloatRows<'_> {
     #[inline(always)]
-    fn at<R: Row>(self, i: usize) -> R {
-        match self {
-            ValueRows::Floats(v) => R::load(v[i..i + LANES].try_into().expect("16 values")),
-            ValueRows::Codes(c, t) => {
-                let codes: &[u8; LANES] = c[i..i + LANES].try_into().expect("16 codes");
-                R::lookup16(codes, t)
-            }
-        }
+    fn tokens(self) -> usize {
+        LANES
     }
-
-    /// Coordinate `i` of the flat token-major block.
     #[inline(always)]
-    fn one(self, i: usize) -> f32 {
-        match self {
-            ValueRows::Floats(v) => v[i],
-            ValueRows::Codes(c, t) => t[c[i] as usize],
-        }
+    fn group(self, l: usize, c: usize) -> R {
+        let i = l * self.dim + c;
+        R::load(self.rows[i..i + LANES].try_into().expect("16 values"))
+    }
+    #[inline(always)]
+    fn one(self, l: usize, c: usize) -> f32 {
+        self.rows[l * self.dim + c]
     }
 }
 
-/// `out[r·dim + c0 + 16k + i] += Σ_l w[r][l] · rows[l·dim + c0 + 16k + i]` for `N` rows and
-/// `K` groups of 16 coordinates, the `N·K` sums in registers, summed in token order.
+/// Packed rows of `B`-bit codes (`B ≤ 4`, `row_bytes` each) and the codebook repeated to 16,
+/// read in the slot order of [`packed_slot_coordinate`] (`shuffled` = its first slots).
+#[derive(Clone, Copy)]
+struct PackedRows<'a, const B: u32> {
+    packed: &'a [u8],
+    row_bytes: usize,
+    table: &'a [f32; 16],
+    shuffled: usize,
+}
+
+impl<'a, const B: u32> PackedRows<'a, B> {
+    #[inline(always)]
+    fn new(packed: &'a [u8], row_bytes: usize, dim: usize, table: &'a [f32; 16]) -> Self {
+        PackedRows {
+            packed,
+            row_bytes,
+            table,
+            shuffled: shuffled_slots(B, dim),
+        }
+    }
+}
+
+impl<R: Row, const B: u32> ValueRows<R> for PackedRows<'_, B> {
+    #[inline(always)]
+    fn tokens(self) -> usize {
+        self.packed.len() / self.row_bytes
+    }
+    #[inline(always)]
+    fn group(self, l: usize, c: usize) -> R {
+        let row = &self.packed[l * self.row_bytes..];
+        if c < self.shuffled {
+            // slot group c/16 = sub-code j of the 16 bytes of chunk c / (16·P)
+            let p = 8 / B as usize;
+            let (chunk, j) = (c / (16 * p), (c / 16) % p);
+            let bytes: &[u8; 16] = row[16 * chunk..16 * chunk + 16].try_into().expect("16");
+            return R::lookup_bytes(bytes, j as u32 * B, self.table);
+        }
+        // c is a multiple of 16, so the run starts on a byte (16·B bits per group)
+        R::lookup_run::<B>(&row[c * B as usize / 8..], self.table)
+    }
+    #[inline(always)]
+    fn one(self, l: usize, c: usize) -> f32 {
+        let row = &self.packed[l * self.row_bytes..(l + 1) * self.row_bytes];
+        self.table[run_code::<B>(row, c)]
+    }
+}
+
+/// Slots of a packed part's value sums that are stored shuffled (see
+/// [`packed_slot_coordinate`]): whole 16-byte chunks of `B ∈ {1, 2, 4}`-bit rows of `dim`
+/// codes, none for other widths.
 #[inline(always)]
-fn accumulate_tile<R: Row, const N: usize, const K: usize>(
-    rows: ValueRows<'_>,
+fn shuffled_slots(bits: u32, dim: usize) -> usize {
+    match bits {
+        1 | 2 | 4 => {
+            let per_chunk = 16 * 8 / bits as usize;
+            dim / per_chunk * per_chunk
+        }
+        _ => 0,
+    }
+}
+
+/// The coordinate that slot `s` of a packed part's value sums holds
+/// ([`accumulate_packed_lanes`] of `bits` bits over rows of `dim` codes). With `P = 8 / bits`
+/// codes per byte, each whole 16-byte chunk `c` of a row fills `P` groups of 16 slots: group
+/// `j` holds code `j` of each byte, so slot `16·P·c + 16·j + k` is coordinate
+/// `P·(16·c + k) + j` (one widening of the bytes serves `P` lookups). Slots past the whole
+/// chunks, and every slot at 3 bits, hold their own coordinate.
+pub fn packed_slot_coordinate(bits: u32, dim: usize, s: usize) -> usize {
+    if s >= shuffled_slots(bits, dim) {
+        return s;
+    }
+    let p = 8 / bits as usize;
+    let (chunk, j, k) = (s / (16 * p), (s / 16) % p, s % 16);
+    p * (16 * chunk + k) + j
+}
+
+/// `out[r·dim + c0 + 16k + i] += Σ_l w[r][l] · row_l[c0 + 16k + i]` for `N` rows and `K`
+/// groups of 16 coordinates, the `N·K` sums in registers, summed in token order.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `l` and `r` index fixed-size arrays in registers
+fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
+    rows: V,
     dim: usize,
     c0: usize,
-    w: &[Lanes],
+    w: &[Lanes; N],
     out: &mut [f32],
 ) {
     let at = |buf: &[f32], i: usize| -> Lanes { buf[i..i + LANES].try_into().expect("16 values") };
@@ -860,17 +1297,17 @@ fn accumulate_tile<R: Row, const N: usize, const K: usize>(
             *v = R::load(&at(out, r * dim + c0 + k * LANES));
         }
     }
-    for l in 0..LANES {
+    for l in 0..rows.tokens().min(LANES) {
         // a plain loop, not `array::from_fn`: its closure would be compiled outside this
         // function's target features, and the lookups with it
         let mut v = [R::splat(0.0); K];
         for (k, vk) in v.iter_mut().enumerate() {
-            *vk = rows.at::<R>(l * dim + c0 + k * LANES);
+            *vk = rows.group(l, c0 + k * LANES);
         }
-        for (ar, wr) in a.iter_mut().zip(w) {
-            let wl = R::splat(wr[l]);
+        for r in 0..N {
+            let wl = R::splat(w[r][l]);
             for k in 0..K {
-                ar[k] = v[k].mul_add(wl, ar[k]);
+                a[r][k] = v[k].mul_add(wl, a[r][k]);
             }
         }
     }
@@ -884,44 +1321,48 @@ fn accumulate_tile<R: Row, const N: usize, const K: usize>(
     }
 }
 
-/// The weighted sums for `N` rows: 32-coordinate tiles, a 16-coordinate tile, then the last
+/// The weighted sums for `N` rows: 64-coordinate tiles, then a 32 and a 16-coordinate tile, the last
 /// `dim mod 16` coordinates one by one (the same token order).
 #[inline(always)]
-fn accumulate_group<R: Row, const N: usize>(
-    rows: ValueRows<'_>,
+fn accumulate_group<R: Row, V: ValueRows<R>, const N: usize>(
+    rows: V,
     dim: usize,
-    w: &[Lanes],
+    w: &[Lanes; N],
     out: &mut [f32],
 ) {
     let mut c0 = 0;
-    while c0 + 2 * LANES <= dim {
-        accumulate_tile::<R, N, 2>(rows, dim, c0, w, out);
+    while c0 + 4 * LANES <= dim {
+        accumulate_tile::<R, V, N, 4>(rows, dim, c0, w, out);
+        c0 += 4 * LANES;
+    }
+    if c0 + 2 * LANES <= dim {
+        accumulate_tile::<R, V, N, 2>(rows, dim, c0, w, out);
         c0 += 2 * LANES;
     }
     if c0 + LANES <= dim {
-        accumulate_tile::<R, N, 1>(rows, dim, c0, w, out);
+        accumulate_tile::<R, V, N, 1>(rows, dim, c0, w, out);
         c0 += LANES;
     }
-    for (r, wr) in w.iter().enumerate().take(N) {
+    for (r, wr) in w.iter().enumerate() {
         for k in c0..dim {
             let mut a = out[r * dim + k];
-            for (l, &wl) in wr.iter().enumerate() {
-                a = rows.one(l * dim + k).mul_add(wl, a);
+            for (l, &wl) in wr.iter().enumerate().take(rows.tokens()) {
+                a = rows.one(l, k).mul_add(wl, a);
             }
             out[r * dim + k] = a;
         }
     }
 }
 
-/// `acc[r·dim + j] += Σ_l w[r][l] · rows[l·dim + j]` for the `w.len()` rows, four at a time.
+/// `acc[r·dim + j] += Σ_l w[r][l] · row_l[j]` for the `w.len()` rows, four at a time.
 #[inline(always)]
-fn accumulate_any<R: Row>(rows: ValueRows<'_>, dim: usize, w: &[Lanes], acc: &mut [f32]) {
+fn accumulate_any<R: Row, V: ValueRows<R>>(rows: V, dim: usize, w: &[Lanes], acc: &mut [f32]) {
     for (wg, out) in w.chunks(ACC_ROWS).zip(acc.chunks_mut(ACC_ROWS * dim)) {
         match wg.len() {
-            1 => accumulate_group::<R, 1>(rows, dim, wg, out),
-            2 => accumulate_group::<R, 2>(rows, dim, wg, out),
-            3 => accumulate_group::<R, 3>(rows, dim, wg, out),
-            _ => accumulate_group::<R, 4>(rows, dim, wg, out),
+            1 => accumulate_group::<R, V, 1>(rows, dim, wg.try_into().expect("1"), out),
+            2 => accumulate_group::<R, V, 2>(rows, dim, wg.try_into().expect("2"), out),
+            3 => accumulate_group::<R, V, 3>(rows, dim, wg.try_into().expect("3"), out),
+            _ => accumulate_group::<R, V, 4>(rows, dim, wg.try_into().expect("4"), out),
         }
     }
 }
@@ -931,22 +1372,79 @@ lane_kernel! {
     /// the `w.len()` rows, where `rows` holds the block's [`LANES`] decoded value rows
     /// (token-major, `dim = rows.len() / LANES`) and `acc` the rows' sums (`w.len() × dim`).
     pub fn accumulate_rows_lanes(rows: &[f32], w: &[Lanes], acc: &mut [f32]) {
-        accumulate_any::<R>(ValueRows::Floats(rows), rows.len() / LANES, w, acc);
+        let dim = rows.len() / LANES;
+        accumulate_any::<R, _>(FloatRows { rows, dim }, dim, w, acc);
     }
 }
 
 lane_kernel! {
-    /// [`accumulate_rows_lanes`] straight from token-major codes (`LANES × dim`) of a codebook of
-    /// at most 16 entries (`table`, padded to 16): `acc[r·dim + j] += Σ_l w[r][l] ·
-    /// table[codes[l·dim + j]]` (the tokens' scales belong in `w`).
-    pub fn accumulate_codes_lanes(codes: &[u8], table: &[f32; 16], w: &[Lanes], acc: &mut [f32]) {
-        accumulate_any::<R>(ValueRows::Codes(codes, table), codes.len() / LANES, w, acc);
+    /// [`accumulate_rows_lanes`] straight from the block's packed value rows (`m = packed.len()
+    /// / row_bytes ≤ 16` tokens of `dim = acc.len() / w.len()` codes of `bits ≤ 4` bits; `table`
+    /// the codebook repeated to 16 entries): `acc[r·dim + s] += Σ_l w[r][l] · table[code_lj]`
+    /// for coordinate `j` = [`packed_slot_coordinate`]`(bits, dim, s)` (the tokens' scales
+    /// belong in `w`).
+    pub fn accumulate_packed_lanes(packed: &[u8], row_bytes: usize, bits: u32, table: &[f32; 16], w: &[Lanes], acc: &mut [f32]) {
+        let dim = acc.len() / w.len().max(1);
+        match bits {
+            1 => accumulate_any::<R, _>(PackedRows::<1>::new(packed, row_bytes, dim, table), dim, w, acc),
+            2 => accumulate_any::<R, _>(PackedRows::<2>::new(packed, row_bytes, dim, table), dim, w, acc),
+            3 => accumulate_any::<R, _>(PackedRows::<3>::new(packed, row_bytes, dim, table), dim, w, acc),
+            _ => accumulate_any::<R, _>(PackedRows::<4>::new(packed, row_bytes, dim, table), dim, w, acc),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_slots_are_a_permutation_of_the_coordinates() {
+        for bits in 1..=4u32 {
+            for dim in [8usize, 24, 64, 80, 128, 136, 256] {
+                let mut seen = vec![false; dim];
+                for s in 0..dim {
+                    let c = packed_slot_coordinate(bits, dim, s);
+                    assert!(c < dim && !seen[c], "bits {bits} dim {dim} slot {s} → {c}");
+                    seen[c] = true;
+                }
+            }
+        }
+        // 4 bits: the low nibbles of a chunk's 16 bytes, then the high ones
+        assert_eq!(packed_slot_coordinate(4, 128, 1), 2);
+        assert_eq!(packed_slot_coordinate(4, 128, 16), 1);
+        assert_eq!(packed_slot_coordinate(4, 128, 32), 32);
+    }
+
+    #[test]
+    fn load_words_reads_each_row_at_every_level() {
+        for row_bytes in [8usize, 30, 64, 100] {
+            for m in [16usize, 3] {
+                let packed: Vec<u8> = (0..m * row_bytes).map(|i| (i * 7 + 1) as u8).collect();
+                for level in SimdLevel::available() {
+                    let nw = row_bytes.div_ceil(4);
+                    let mut out = vec![[0u32; LANES]; nw];
+                    for w0 in (0..nw).step_by(LANES) {
+                        let n = nw.min(w0 + LANES);
+                        load_words(level, &packed, row_bytes, w0, &mut out[w0..n]);
+                    }
+                    for (k, o) in out.iter().enumerate() {
+                        for (l, &v) in o.iter().enumerate() {
+                            // bytes of the row must match; past its end anything may follow
+                            for i in 0..4 {
+                                let (at, got) = (4 * k + i, (v >> (8 * i)) as u8);
+                                if l >= m {
+                                    assert_eq!(v, 0, "row {l} past m");
+                                } else if at < row_bytes {
+                                    assert_eq!(got, packed[l * row_bytes + at], "{level:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn load_rows_transposes_at_every_level() {

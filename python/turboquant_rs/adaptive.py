@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .kv_cache import TurboQuantKVCache, width_parts
+from .kv_cache import TurboQuantKVCache, split_widths
 
 #: One side's width: bits per coordinate, an int 1..8 or a half 1.5..7.5 (half of the channels,
 #: the outlier split, one bit wider: `turboquant_rs.kv_cache.width_parts`).
@@ -289,16 +289,15 @@ def quantized_kv(
 
     kb, vb = bits if isinstance(bits, (tuple, list)) else (bits, bits)
     d, h = int(keys.shape[-1]), int(keys.shape[1])
-    kbits, k_out = width_parts(kb if kb is not None else 8, d, "key width")
-    vbits, v_out = width_parts(vb if vb is not None else 8, d, "value width")
-    if k_out and n_outlier_channels:
-        raise ValueError("a half key width is an outlier split already: use n_outlier_channels=0 with it")
+    kbits, vbits, k_out, v_out = split_widths(
+        kb if kb is not None else 8, vb if vb is not None else 8, d, "width", n_outlier_channels
+    )
     store = KVLayerStore(
         d,
         h,
         kbits,
         vbits,
-        key_outliers=k_out or n_outlier_channels,
+        key_outliers=k_out,
         value_outliers=v_out,
         seed=seed,
         sink_tokens=sink_tokens,
@@ -801,17 +800,14 @@ class AdaptiveKVCache:
             kb, vb = _pair(b, "width")
             if (kb, vb) in self._by_width:
                 continue
-            kbits, k_out = width_parts(kb, self.head_dim, "key width")
-            vbits, v_out = width_parts(vb, self.head_dim, "value width")
-            if k_out and self.n_outlier_channels:
-                raise ValueError("a half key width is an outlier split already: use n_outlier_channels=0")
+            kbits, vbits, k_out, v_out = split_widths(kb, vb, self.head_dim, "width", self.n_outlier_channels)
             self._by_width[(kb, vb)] = TurboQuantKVCache(
                 self.head_dim,
                 bit_width=kbits,
                 residual_length=self.residual_length,
                 key_bit_width=kbits,
                 value_bit_width=vbits,
-                n_outlier_channels=k_out or self.n_outlier_channels,
+                n_outlier_channels=k_out,
                 seed=self.seed,
                 **({"value_outlier_channels": v_out} if v_out else {}),
                 **kwargs,

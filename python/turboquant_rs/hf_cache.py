@@ -797,23 +797,17 @@ class TurboQuantCache(Cache):
             kb, vb = bits
         else:
             kb = vb = bits
-        k_out = v_out = 0
-        if bits is not None:  # a half width is the outlier split of that side (kv_cache.width_parts)
-            kb, k_out = _kv().width_parts(kb, head_dim, f"layer_bits[{i}] (keys)")
-            vb, v_out = _kv().width_parts(vb, head_dim, f"layer_bits[{i}] (values)")
-            if (k_out and self.n_outlier_channels) or (v_out and self.value_outlier_channels):
-                raise ValueError(
-                    f"layer_bits[{i}] = {bits!r}: a half width is an outlier split already; "
-                    "leave n_outlier_channels / value_outlier_channels at 0 with it"
-                )
+        k_out, v_out = self.n_outlier_channels, self.value_outlier_channels
+        if bits is not None:  # a half width is the outlier split of that side
+            kb, vb, k_out, v_out = _kv().split_widths(kb, vb, head_dim, f"layer_bits[{i}]", k_out, v_out)
         return {
             "head_dim": head_dim,
             "num_kv_heads": n_kv,
             "key_bits": _check_bits(kb, f"layer_bits[{i}] (keys)"),
             "value_bits": _check_bits(vb, f"layer_bits[{i}] (values)"),
             "residual_length": self.residual_length,
-            "n_outlier_channels": k_out or self.n_outlier_channels,
-            "value_outlier_channels": v_out or self.value_outlier_channels,
+            "n_outlier_channels": k_out,
+            "value_outlier_channels": v_out,
             "outlier_bits": self.outlier_bits,
             "seed": self.seed + i,
             "owner": self,

@@ -81,6 +81,28 @@ def width_parts(width: Any, head_dim: int, name: str) -> tuple[int, int]:
     return int(w), head_dim // 2
 
 
+def split_widths(
+    key_width: Any,
+    value_width: Any,
+    head_dim: int,
+    name: str,
+    key_outliers: int = 0,
+    value_outliers: int = 0,
+) -> tuple[int, int, int, int]:
+    """A (key, value) width pair as ``(key bits, value bits, key outlier channels, value outlier
+    channels)`` (:func:`width_parts` per side); explicit ``key_outliers`` / ``value_outliers``
+    apply to a side of integer width, and a half width together with them is an error (a half
+    width is that side's outlier split already)."""
+    kb, k_out = width_parts(key_width, head_dim, f"{name} (keys)")
+    vb, v_out = width_parts(value_width, head_dim, f"{name} (values)")
+    if (k_out and key_outliers) or (v_out and value_outliers):
+        raise TurboQuantError(
+            f"{name} = ({key_width!r}, {value_width!r}): a half width is an outlier split already; "
+            "leave n_outlier_channels / value_outlier_channels at 0 with it"
+        )
+    return kb, vb, k_out or key_outliers, v_out or value_outliers
+
+
 class KVLayerStore:
     """One attention layer's packed K/V for a batch: ``B × H_kv`` token streams in the Rust core.
 

@@ -286,6 +286,21 @@ def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
         )
         for b in (4, 3, 2)
     ]
+    specs += [
+        Spec(
+            f"ours K{b}.5/V{b - 1}.5, sink_tokens=4 (avg {b}.0, four attention sinks exact)",
+            "ours",
+            b,
+            residual,
+            {
+                "value_bit_width": b - 1,
+                "n_outlier_channels": half,
+                "value_outlier_channels": half,
+                "sink_tokens": 4,
+            },
+        )
+        for b in (4, 3, 2)
+    ]
     if residual == 0:
         specs += [
             Spec(
@@ -340,6 +355,14 @@ def part_ppl(model: Any, tok: Any, args: Any, residual: int) -> None:
     specs = ppl_specs(residual, args.quick, model.config.head_dim)
     if args.filter:
         specs = [s for s in specs if s.kind == "dynamic" or any(f in s.name for f in args.filter.split("|"))]
+    # the same caches again at other rotation seeds (how much of a difference is the seed's)
+    extra = [int(v) for v in args.seeds.split(",") if v.strip()]
+    specs += [
+        Spec(f"{s.name}, seed {seed}", s.kind, s.bits, s.residual, {**s.options, "seed": seed})
+        for seed in extra
+        for s in list(specs)
+        if s.kind == "ours" and "adaptive" not in s.options
+    ]
     print(
         f"\n### Perplexity, {len(windows)} × {WINDOW}-token windows "
         f"({len(windows) * (WINDOW - 1)} predictions), {CHUNK}-token chunks, residual_length={residual}\n"
@@ -713,6 +736,7 @@ def main() -> None:
         "--filter", default="", help="ppl/residual/decode: only caches whose name has one of a|b|c"
     )
     ap.add_argument("--contexts", default="2048,8000", help="decode: context lengths")
+    ap.add_argument("--seeds", default="", help="ppl: also run our caches at these seeds (a,b)")
     ap.add_argument(
         "--model", default="smollm2", choices=sorted(kv_data.MODEL_DIRS), help="offline GGUF model"
     )

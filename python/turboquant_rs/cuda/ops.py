@@ -404,15 +404,15 @@ def decode_attention(
     with rt.stream_of(query):
         q = cp.ascontiguousarray(qi.arr)
         qr = _rotate_rows(q.reshape(-1, D), qi.dtype, D, kv.seed, False, scaling)
-        qf = None
+        # the scaled float32 query, for the key centre's logit offsets and the exact segment
+        qs = None
         qm: Any = _NULL
         if kv.key_mean is not None or extra_keys is not None:
-            qf = _to_f32(q, qi.dtype)
+            qs = _to_f32(q, qi.dtype) * np.float32(scaling)
         if kv.key_mean is not None:
-            assert qf is not None
-            qm = cp.ascontiguousarray(
-                scaling * cp.einsum("bhgld,bhd->bhgl", qf.reshape(B, Hkv, G, Lq, D), kv.key_mean)
-            ).reshape(-1)
+            assert qs is not None
+            # ⟨q, μ_k⟩ per row: one batched matmul (einsum's host path measured 0.3 ms a call)
+            qm = cp.matmul(qs.reshape(B, Hkv, G * Lq, D), kv.key_mean.reshape(B, Hkv, D, 1)).reshape(-1)
         clen = (
             kv.lengths
             if lengths is None
@@ -470,8 +470,8 @@ def decode_attention(
         )  # fmt: skip
         qraw: Any = _NULL
         if extra_keys is not None:
-            assert qf is not None
-            qraw = cp.ascontiguousarray(qf * np.float32(scaling)).reshape(-1)
+            assert qs is not None
+            qraw = cp.ascontiguousarray(qs).reshape(-1)
         if extra_keys is not None:
             fe = mod.get_function("tq_attn_extra")
             _set_smem(fe, smem)

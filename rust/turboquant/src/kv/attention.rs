@@ -1,8 +1,10 @@
 //! Softmax attention read from the packed codes of a [`KvStore`] (see the [module doc](super)).
 //!
 //! Work is split into tasks of (stream, up to [`GROUP_ROWS`] query rows, a chunk of tokens), run
-//! in parallel; each decodes a block of tokens once for all of its rows (scored [`DOT_ROWS`] at a
-//! time; values turned token-major and summed with the rows' sums held in registers), keeps an
+//! in parallel; each reads a block of tokens once for all of its rows: parts of at most 4 bits
+//! straight from the packed bytes (keys as transposed 32-bit words, scored [`DOT_ROWS`] rows at
+//! a time; values from each token's bytes, their sums in the slot order of
+//! [`lanes::packed_slot_coordinate`]), wider parts decoded first. Each task keeps an
 //! online-softmax state and value sums per row, and the chunks of a row are merged exactly at
 //! the end (split-KV, as flash-decoding does).
 

@@ -3,7 +3,7 @@
 //! coordinate row, with no shuffles, whatever the dimension. Per vector they perform exactly
 //! the arithmetic of the one-vector kernels in [`super::kernels`] (same butterflies, same
 //! summation order, no fused multiply-add), so both layouts give bit-identical results. The
-//! attention kernels at the end (`dot_rows_lanes`, `dot_codes_lanes`, `accumulate_*_lanes`)
+//! attention kernels at the end (`dot_rows_lanes`, `dot_words_lanes`, `accumulate_*_lanes`)
 //! have no one-vector twin and use `Row::mul_add`, one rounding on every level.
 //!
 //! Each kernel is written once over the `Row` trait and instantiated three times: plain

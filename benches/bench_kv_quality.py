@@ -301,6 +301,16 @@ def ppl_specs(residual: int, quick: bool, head_dim: int) -> list[Spec]:
         )
         for b in (4, 3, 2)
     ]
+    specs += [
+        Spec(
+            f"ours K{b + 1}/V{b - 1} (bytes of {b}/{b}: keys one bit wider)",
+            "ours",
+            b + 1,
+            residual,
+            {"value_bit_width": b - 1},
+        )
+        for b in (4, 3, 2)
+    ]
     if residual == 0:
         specs += [
             Spec(

@@ -278,7 +278,7 @@ def test_output_follows_the_query_not_the_cache() -> None:
     assert _rel(out_t, out_np) <= 2.0**-11
 
 
-def test_sink_token_is_exact_in_float32() -> None:
+def test_sink_token_is_exact() -> None:
     rng = np.random.default_rng(5)
     k, v = _kv_data(rng, 2, 2, 40, 64)
     k[:, :, 0] *= 30.0  # the attention sink: a key far from the others
@@ -292,9 +292,44 @@ def test_sink_token_is_exact_in_float32() -> None:
     x0 = c0.compress(k, v)
     err0 = np.abs(c0.decompress_keys(x0)[:, :, 0] - k[:, :, 0]).max()
     assert err0 > 0.1  # quantized, with an error that scales with its norm
-    # the sink is paid for in float32: D·4 bytes per side per stream instead of a code row
+    # the sink is paid for in the input's dtype (float32 here): D·4 bytes per side per stream
+    # instead of a code row
     assert x1.nbytes > x0.nbytes
     assert x1.store.settings() != x0.store.settings()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sink_tokens_are_held_in_the_input_dtype(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(6)
+    k, v = _kv_data(rng, 1, 2, 50, 64)
+    kt, vt = torch.from_numpy(k).to(dtype), torch.from_numpy(v).to(dtype)
+    with_sinks = KVLayerStore(64, 2, 4, sink_tokens=4)
+    with_sinks.append(kt[:, :, :3], vt[:, :, :3])  # the sinks arrive over two appends
+    with_sinks.append(kt[:, :, 3:], vt[:, :, 3:])
+    without = KVLayerStore(64, 2, 4)
+    without.append(kt[:, :, 4:], vt[:, :, 4:])
+    # 4 tokens × 2 streams × 64 channels × 2 sides at 2 bytes, plus the same codes otherwise
+    # (the centre comes from the first quantized chunk, so compare the codes' bytes alone)
+    assert with_sinks.nbytes - with_sinks._native.nbytes == 4 * 2 * 64 * 2 * 2
+    assert with_sinks._native.nbytes == without.nbytes
+    dk, dv = with_sinks.decompress()
+    np.testing.assert_array_equal(dk[:, :, :4], kt[:, :, :4].float().numpy())
+    np.testing.assert_array_equal(dv[:, :, :4], vt[:, :, :4].float().numpy())
+    # attention sees the exact sinks: the same as a float32 store given the same values
+    ref = KVLayerStore(64, 2, 4, sink_tokens=4)
+    ref.append(kt.float().numpy(), vt.float().numpy())
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    out, lse = with_sinks.attend(q, [[0]], [[50]], scaling=0.125)
+    out_ref, lse_ref = ref.attend(q, [[0]], [[50]], scaling=0.125)
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(lse, lse_ref)
+    # a later chunk in another dtype keeps every sink exact (in float32)
+    mixed = KVLayerStore(64, 2, 4, sink_tokens=4)
+    mixed.append(kt[:, :, :2], vt[:, :, :2])
+    mixed.append(k[:, :, 2:], v[:, :, 2:])
+    mk, _ = mixed.decompress()
+    np.testing.assert_array_equal(mk[:, :, :2], kt[:, :, :2].float().numpy())
+    np.testing.assert_array_equal(mk[:, :, 2:4], k[:, :, 2:4])
 
 
 def test_store_attend_returns_the_log_sum_exp_over_any_range() -> None:

@@ -138,8 +138,8 @@ class TurboQuantLayer(CacheLayerMixin):
         value_outlier_channels: The same for values.
         outlier_bits: Bits of the outlier channels (default: one more than the side's bits).
         seed: Seed of the store's random rotation.
-        sink_tokens: First tokens of the sequence kept exact in float32, never quantized (the
-            attention sink).
+        sink_tokens: First tokens of the sequence kept exact in the input dtype, never quantized
+            (the attention sink).
         owner: The cache this layer belongs to (decides codes attention vs dense fallback).
         layer_idx: Index of the layer in the model.
     """
@@ -736,8 +736,9 @@ class TurboQuantCache(Cache):
         seed: Seed of the quantizers' random rotations (layer i uses ``seed + i``).
         value_outlier_channels: Value outlier channels per head (0, or 2..head_dim-2).
         outlier_bits: Bits of the outlier channels (default: one more than the side's bits).
-        sink_tokens: First tokens of the sequence kept exact in float32 in every layer (default 1,
-            the attention sink: measured on SmolLM2 it takes 4-bit perplexity from +1.9% to +0.5%).
+        sink_tokens: First tokens of the sequence kept exact in the input dtype in every layer
+            (default 1, the attention sink: measured on SmolLM2 it takes 4-bit perplexity from
+            +1.9% to +0.5%).
 
     Raises:
         ValueError: For configs without attention layers, MLA configs (``kv_lora_rank``), chunked

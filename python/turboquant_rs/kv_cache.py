@@ -48,6 +48,31 @@ def _float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _exact_dtype(x: Any) -> Any:
+    """The numpy dtype that holds ``x``'s values exactly, as few bytes as its own dtype:
+    float16, bfloat16 as its raw 16 bits (uint16), float32 otherwise."""
+    name = str(x.dtype)
+    if name in ("torch.float16", "float16"):
+        return np.float16
+    if name == "torch.bfloat16":
+        return np.uint16
+    return np.float32
+
+
+def _pack_exact(x: np.ndarray, dtype: Any) -> np.ndarray:
+    """float32 values ``x`` (exactly representable in ``dtype``) stored as ``dtype``."""
+    if dtype is np.uint16:
+        return (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return np.array(x, dtype=dtype)
+
+
+def _unpack_exact(x: np.ndarray) -> np.ndarray:
+    """The float32 values of an array stored by :func:`_pack_exact`."""
+    if x.dtype == np.uint16:
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def _gpu_store(head_dim: int, num_heads: int, **kwargs: Any) -> Any:
     """A ``cuda.kv_store.GpuKVLayerStore``; a clear error naming the extra without cupy."""
     from .cuda import _runtime
@@ -117,9 +142,10 @@ class KVLayerStore:
         center: subtract each stream's mean (of its first chunk) before quantizing: exact for
             attention, and real keys carry large per-channel offsets.
         seed: seed of the rotations.
-        sink_tokens: the first tokens of every stream kept exactly in float32 and never
-            quantized (attention sinks: the first token of an LLM's context draws a large share
-            of the attention, and its key is far from the others). They take part in attention
+        sink_tokens: the first tokens of every stream kept exactly, in the input's dtype
+            (float16, bfloat16 or float32), and never quantized (attention sinks: the first
+            token of an LLM's context draws a large share of the attention, and its key is far
+            from the others). They take part in attention
             exactly and do not enter the centre or the outlier choice of the quantized part.
     """
 
@@ -160,7 +186,8 @@ class KVLayerStore:
         self.head_dim = int(head_dim)
         self.num_kv_heads = int(num_kv_heads)
         self.sink_tokens = int(sink_tokens)
-        # exact sink tokens, float32 (B, H, s, D) with s <= sink_tokens; the codes hold the rest
+        # exact sink tokens (B, H, s, D) with s <= sink_tokens, in the input's dtype
+        # (`_pack_exact`); the codes hold the rest
         self._sink_k: np.ndarray | None = None
         self._sink_v: np.ndarray | None = None
 
@@ -225,9 +252,14 @@ class KVLayerStore:
         take = min(need, k.shape[2])
         if k.shape[2] > take:  # the codes part first: if it refuses, nothing has changed
             self._native.append(np.ascontiguousarray(k[:, :, take:]), np.ascontiguousarray(v[:, :, take:]))
-        sk, sv = k[:, :, :take], v[:, :, :take]
+        dtype = _exact_dtype(keys) if _exact_dtype(keys) is _exact_dtype(values) else np.float32
+        if self._sink_k is not None and self._sink_k.dtype != dtype:
+            # a later chunk in another dtype: keep every sink token exact in float32
+            dtype = np.float32
+            self._sink_k, self._sink_v = _unpack_exact(self._sink_k), _unpack_exact(self._sink_v)  # type: ignore[arg-type]
+        sk, sv = _pack_exact(k[:, :, :take], dtype), _pack_exact(v[:, :, :take], dtype)
         if self._sink_k is None:
-            self._sink_k, self._sink_v = sk.copy(), sv.copy()
+            self._sink_k, self._sink_v = sk, sv
         else:
             self._sink_k = np.concatenate([self._sink_k, sk], axis=2)
             self._sink_v = np.concatenate([self._sink_v, sv], axis=2)
@@ -282,11 +314,11 @@ class KVLayerStore:
         else:
             pos = np.arange(s)
             allowed = (pos >= lo_a[..., None]) & (pos < hi_a[..., None])  # (B, Q, s)
-            exact_k, exact_v = self._sink_k, self._sink_v
+            exact_k, exact_v = _unpack_exact(self._sink_k), _unpack_exact(self._sink_v)  # type: ignore[arg-type]
             if extra is not None:
                 ek, ev, ea = extra
-                exact_k = np.concatenate([self._sink_k, ek], axis=2)  # type: ignore[list-item]
-                exact_v = np.concatenate([self._sink_v, ev], axis=2)  # type: ignore[list-item]
+                exact_k = np.concatenate([exact_k, ek], axis=2)
+                exact_v = np.concatenate([exact_v, ev], axis=2)
                 allowed = np.concatenate([allowed, ea], axis=2)
         clo = np.maximum(lo_a - s, 0)
         chi = np.maximum(hi_a - s, clo)
@@ -302,9 +334,10 @@ class KVLayerStore:
         k, v = self._native.decompress()
         if self._sink_k is None:
             return k, v
+        sk, sv = _unpack_exact(self._sink_k), _unpack_exact(self._sink_v)  # type: ignore[arg-type]
         if k.shape[0] == 0:
-            return self._sink_k.copy(), self._sink_v.copy()  # type: ignore[union-attr]
-        return np.concatenate([self._sink_k, k], axis=2), np.concatenate([self._sink_v, v], axis=2)
+            return sk.copy(), sv.copy()
+        return np.concatenate([sk, k], axis=2), np.concatenate([sv, v], axis=2)
 
     def truncate(self, n: int) -> None:
         """Keeps the first ``n`` tokens of every stream."""
@@ -602,7 +635,7 @@ class TurboQuantKVCache:
         value_outlier_channels: outlier channels for values (default 0).
         center: subtract per-stream means before quantizing (default True: measured better on
             real keys, exact for attention).
-        n_sink_tokens: first tokens of the sequence kept exact in float32 (default 1: the
+        n_sink_tokens: first tokens of the sequence kept exact in the input dtype (default 1: the
             attention sink; on SmolLM2 it takes 4-bit perplexity from +1.9% to +0.5% over fp).
         outlier_method: how outlier channels are chosen; "magnitude" (RMS per channel).
         pre_rope: the seed's pre-RoPE mode is not supported here (keys are stored post-RoPE).
@@ -858,7 +891,8 @@ class TurboQuantKVCache:
     def memory_savings(self, batch_size: int, num_heads: int, seq_len: int) -> tuple[float, float, float]:
         """(fp16 MB, compressed MB, ratio) for K and V of (batch, heads, seq_len, head_dim):
         the compressed size is that of a real cache of that shape (its buffers' bytes, the
-        window counted at 2 bytes per value as fp16), built on zero-free synthetic tokens."""
+        window and the sink tokens at 2 bytes per value as fp16), built on zero-free synthetic
+        fp16 tokens."""
         b, h, s = int(batch_size), int(num_heads), int(seq_len)
         if min(b, h, s) < 1:
             raise TurboQuantError("batch_size, num_heads and seq_len must be positive")
@@ -870,7 +904,7 @@ class TurboQuantKVCache:
         done = 0
         while done < quantized:
             t = min(step, quantized - done)
-            x = rng.standard_normal((b, h, t, self.head_dim), dtype=np.float32)
+            x = rng.standard_normal((b, h, t, self.head_dim), dtype=np.float32).astype(np.float16)
             store.append(x, x)
             done += t
         window = 2 * b * h * (s - quantized) * self.head_dim * FP16_BYTES

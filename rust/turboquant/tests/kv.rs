@@ -217,6 +217,8 @@ fn attention_from_codes_equals_dequantized_reference() {
     );
     // d not a power of two, 2 bits
     check_case(80, 1, 2, 2, 100, 1, side(2, 0), side(2, 0), None, None);
+    // 2 bits at d = 128 with 8 rows per stream (two groups of 4 in the value sums)
+    check_case(128, 2, 16, 1, 200, 1, side(2, 0), side(2, 0), None, None);
     // 1-bit parts, 3-bit rows that end inside a 32-bit word, parts of 8 and 24 coordinates
     // (a 16-coordinate group and a tail of 8 in the value sums)
     check_case(72, 1, 3, 1, 90, 2, side(1, 8), side(2, 24), None, None);
@@ -417,13 +419,17 @@ fn bytes_are_codes_plus_scales() {
 fn every_simd_level_gives_identical_attention() {
     // 3-bit key rows of 30 bytes (a part word cut short), a 4-bit part of 16; 4-bit values;
     // then 1/2-bit keys and 2/3-bit values with parts of 8 and 24 coordinates
-    identical_at_every_level(96, side(3, 16), side(4, 0));
-    identical_at_every_level(72, side(1, 8), side(2, 24));
-    identical_at_every_level(256, side(4, 0), side(3, 0));
-    identical_at_every_level(136, side(2, 0), side(1, 8));
+    identical_at_every_level(96, side(3, 16), side(4, 0), 6, 2);
+    identical_at_every_level(72, side(1, 8), side(2, 24), 6, 2);
+    identical_at_every_level(256, side(4, 0), side(3, 0), 6, 2);
+    identical_at_every_level(136, side(2, 0), side(1, 8), 6, 2);
+    // the common shapes' own kernels (whole words of keys; value rows in groups of 4 over
+    // 64-coordinate tiles of whole chunks): GQA 4 decode at 4 bits, 8 rows per stream at 2
+    identical_at_every_level(128, side(4, 0), side(4, 0), 8, 1);
+    identical_at_every_level(128, side(2, 0), side(2, 0), 4, 4);
 }
 
-fn identical_at_every_level(d: usize, key: SideSpec, value: SideSpec) {
+fn identical_at_every_level(d: usize, key: SideSpec, value: SideSpec, hq: usize, ql: usize) {
     use turboquant::simd::SimdLevel;
     let cfg = KvConfig {
         head_dim: d,
@@ -432,13 +438,14 @@ fn identical_at_every_level(d: usize, key: SideSpec, value: SideSpec) {
         value,
         seed: 1,
     };
-    let (b, s, hq, ql) = (1, 333, 6, 2);
+    let (b, s) = (1, 333);
     let mut st = KvStore::new(cfg).unwrap();
     let k = gaussian(b * 2 * s * d, 11);
     let v = gaussian(b * 2 * s * d, 12);
     st.append(&k, &v, b, s).unwrap();
     let q = gaussian(b * hq * ql * d, 13);
-    let (lo, hi) = (vec![0i64, 10], vec![332i64, 333]);
+    let lo: Vec<i64> = (0..ql as i64).map(|i| 10 * i).collect();
+    let hi: Vec<i64> = (0..ql as i64).map(|i| 333 - ql as i64 + 1 + i).collect();
     let p = AttendParams {
         query_heads: hq,
         q_len: ql,

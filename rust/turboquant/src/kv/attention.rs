@@ -469,7 +469,7 @@ impl KvStore {
                         let scale = block_scales(vstream, part, t, m);
                         kernels::weigh(level, &s.scores[..n], &scale, &mut s.weights[..n]);
                         let w = &s.weights[..n];
-                        lanes::accumulate_packed_lanes(level, packed, cb, *bits, table, w, a);
+                        lanes::accumulate_packed_lanes(level, packed, cb, dp, *bits, table, w, a);
                         continue;
                     }
                     decode_part(level, &self.value, vstream, part, t, m, s);

@@ -75,6 +75,19 @@ trait Row: Copy {
     fn lookup_bytes(bytes: &[u8; LANES], shift: u32, table: &[f32; 16]) -> Self {
         Self::load(&bytes.map(|b| table[((b as u32 >> shift) & 15) as usize]))
     }
+    /// [`Row::lookup_bytes`] at every shift `j·B` (`j < P = 8 / B`): all `P` codes of each of
+    /// 16 packed bytes, lookup `j` in element `j`.
+    #[inline(always)]
+    fn lookup_chunk<const B: u32, const P: usize>(
+        bytes: &[u8; LANES],
+        table: &[f32; 16],
+    ) -> [Self; P] {
+        let mut out = [Self::splat(0.0); P];
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = Self::lookup_bytes(bytes, j as u32 * B, table);
+        }
+        out
+    }
     /// `table[code k]` in lane `k` for the 16 consecutive `B`-bit codes (`B ≤ 4`) that start at
     /// bit 0 of `bytes` (bytes past its end read as zero), through a table repeated to 16
     /// entries.
@@ -637,6 +650,29 @@ mod x86 {
             }
         }
         #[inline(always)]
+        fn lookup_chunk<const B: u32, const P: usize>(
+            bytes: &[u8; 16],
+            table: &[f32; 16],
+        ) -> [Self; P] {
+            // SAFETY: AVX-512F is enabled in every caller; 16 readable bytes, a 16-entry table;
+            // the permute reads only the low 4 bits of each index. The bytes are widened once
+            // for all P codes.
+            unsafe {
+                let t = _mm512_loadu_ps(table.as_ptr());
+                let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
+                let mut out = [Avx512(_mm512_setzero_ps()); P];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let idx = if j == 0 {
+                        b
+                    } else {
+                        _mm512_srl_epi32(b, _mm_cvtsi32_si128(j as i32 * B as i32))
+                    };
+                    *o = Avx512(_mm512_permutexvar_ps(idx, t));
+                }
+                out
+            }
+        }
+        #[inline(always)]
         fn lookup_run<const B: u32>(bytes: &[u8], table: &[f32; 16]) -> Self {
             let (ctrl, shift) = &super::RUN_CONTROL[B as usize - 1];
             // SAFETY: AVX-512F/BW/VL are enabled in every caller; the plain load reads 16 bytes
@@ -1137,8 +1173,66 @@ fn dot_words<R: Row, const B: u32>(
     out: &mut [Lanes],
 ) {
     let d = q.len() / out.len().max(1);
+    let run = (32 / B) as usize;
+    if 32 % B == 0 && d.is_multiple_of(run) && words.len() * run >= d {
+        // the common shape: whole words, no tail
+        let post = R::load(scale);
+        match out.len() {
+            0 => {}
+            1 => dot_whole_words::<R, B, 1>(words, table, d, q, post, out),
+            2 => dot_whole_words::<R, B, 2>(words, table, d, q, post, out),
+            3 => dot_whole_words::<R, B, 3>(words, table, d, q, post, out),
+            4 => dot_whole_words::<R, B, 4>(words, table, d, q, post, out),
+            5 => dot_whole_words::<R, B, 5>(words, table, d, q, post, out),
+            6 => dot_whole_words::<R, B, 6>(words, table, d, q, post, out),
+            7 => dot_whole_words::<R, B, 7>(words, table, d, q, post, out),
+            _ => dot_whole_words::<R, B, 8>(words, table, d, q, post, out),
+        }
+        return;
+    }
     let cols = WordColumns::<B> { words, table };
     dot_rows_any::<R>(d, cols, q, R::load(scale), out);
+}
+
+/// [`dot_rows_n`] over [`WordColumns`] for `d` a multiple of the `32 / B` codes of a word
+/// (`B` dividing 32), with none of the general path's per-call set-up: word by word, each
+/// code at a constant shift, the same pairs in the same order (so the same sums).
+#[inline(always)]
+fn dot_whole_words<R: Row, const B: u32, const N: usize>(
+    words: &[[u32; LANES]],
+    table: &[f32; 16],
+    d: usize,
+    q: &[f32],
+    post: R,
+    out: &mut [Lanes],
+) {
+    let run = (32 / B) as usize;
+    assert!(
+        q.len() >= N * d && out.len() >= N && words.len() * run >= d,
+        "dot_whole_words: shape"
+    );
+    let qp = q.as_ptr();
+    let mut even = [R::splat(0.0); N];
+    let mut odd = [R::splat(0.0); N];
+    for (wi, word) in words.iter().enumerate().take(d / run) {
+        let j0 = wi * run;
+        for u in (0..run).step_by(2) {
+            let c0 = R::lookup_word(word, u as u32 * B, table);
+            let c1 = R::lookup_word(word, (u + 1) as u32 * B, table);
+            for r in 0..N {
+                // SAFETY: `r < N` and `j0 + u + 1 < d`, so both indices are below `N·d ≤
+                // q.len()` (asserted above).
+                let (q0, q1) = unsafe { (*qp.add(r * d + j0 + u), *qp.add(r * d + j0 + u + 1)) };
+                even[r] = c0.mul_add(R::splat(q0), even[r]);
+                odd[r] = c1.mul_add(R::splat(q1), odd[r]);
+            }
+        }
+    }
+    for r in 0..N {
+        R::load(&out[r])
+            .add(even[r].add(odd[r]).mul(post))
+            .store(&mut out[r]);
+    }
 }
 
 lane_kernel! {
@@ -1178,6 +1272,21 @@ trait ValueRows<R: Row>: Copy {
     fn group(self, l: usize, c: usize) -> R;
     /// Slot `c` of token `l`.
     fn one(self, l: usize, c: usize) -> f32;
+    /// Whether slots `c0 .. c0 + 16·k` are whole packed chunks, which
+    /// [`ValueRows::chunk_tile`] reads with no per-group branch, each chunk's bytes widened once.
+    #[inline(always)]
+    fn whole_chunks(self, _c0: usize, _k: usize) -> bool {
+        false
+    }
+    /// The `K` groups at slot `c0` of token `l` (`l < tokens()`) where `whole_chunks(c0, K)`.
+    #[inline(always)]
+    fn chunk_tile<const K: usize>(self, l: usize, c0: usize) -> [R; K] {
+        let mut v = [R::splat(0.0); K];
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = self.group(l, c0 + k * LANES);
+        }
+        v
+    }
 }
 
 /// `LANES` decoded rows of `dim` floats.
@@ -1209,16 +1318,48 @@ impl<R: Row> ValueRows<R> for FloatRows<'_> {
 struct PackedRows<'a, const B: u32> {
     packed: &'a [u8],
     row_bytes: usize,
+    /// `packed.len() / row_bytes` (divided once per block, not per tile).
+    tokens: usize,
     table: &'a [f32; 16],
     shuffled: usize,
 }
 
 impl<'a, const B: u32> PackedRows<'a, B> {
+    /// [`ValueRows::chunk_tile`] for `P = 8 / B` codes per byte: chunk by chunk, each one's
+    /// `P` groups from one widening of its 16 bytes.
+    #[inline(always)]
+    fn chunks<R: Row, const K: usize, const P: usize>(self, l: usize, c0: usize) -> [R; K] {
+        let mut v = [R::splat(0.0); K];
+        let first = c0 / (16 * P);
+        for i in 0..K / P {
+            let at = l * self.row_bytes + 16 * (first + i);
+            debug_assert!(16 * (first + i + 1) <= self.shuffled * B as usize / 8);
+            debug_assert!(at + 16 <= self.packed.len());
+            // SAFETY: `whole_chunks(c0, K)` held, so the tile's chunks are whole 16-byte
+            // chunks of the row (`16·(first + i + 1) ≤ shuffled·B/8 ≤ row_bytes`), and callers
+            // pass `l < tokens = packed.len() / row_bytes`: the 16 bytes at `at` lie inside
+            // `packed`.
+            let bytes = unsafe { &*self.packed.as_ptr().add(at).cast::<[u8; 16]>() };
+            let codes = R::lookup_chunk::<B, P>(bytes, self.table);
+            for (j, c) in codes.into_iter().enumerate() {
+                v[i * P + j] = c;
+            }
+        }
+        v
+    }
+    /// The 16-byte chunk and the bit shift that hold slot group `c / 16` (`c < shuffled`):
+    /// sub-code `j = (c/16) mod P` of the bytes of chunk `c / (16·P)`, `P = 8 / B`.
+    #[inline(always)]
+    fn chunk_of(c: usize) -> (usize, u32) {
+        let p = 8 / B as usize;
+        (c / (16 * p), ((c / 16) % p) as u32 * B)
+    }
     #[inline(always)]
     fn new(packed: &'a [u8], row_bytes: usize, dim: usize, table: &'a [f32; 16]) -> Self {
         PackedRows {
             packed,
             row_bytes,
+            tokens: packed.len() / row_bytes.max(1),
             table,
             shuffled: shuffled_slots(B, dim),
         }
@@ -1228,20 +1369,31 @@ impl<'a, const B: u32> PackedRows<'a, B> {
 impl<R: Row, const B: u32> ValueRows<R> for PackedRows<'_, B> {
     #[inline(always)]
     fn tokens(self) -> usize {
-        self.packed.len() / self.row_bytes
+        self.tokens
     }
     #[inline(always)]
     fn group(self, l: usize, c: usize) -> R {
         let row = &self.packed[l * self.row_bytes..];
         if c < self.shuffled {
-            // slot group c/16 = sub-code j of the 16 bytes of chunk c / (16·P)
-            let p = 8 / B as usize;
-            let (chunk, j) = (c / (16 * p), (c / 16) % p);
+            let (chunk, shift) = Self::chunk_of(c);
             let bytes: &[u8; 16] = row[16 * chunk..16 * chunk + 16].try_into().expect("16");
-            return R::lookup_bytes(bytes, j as u32 * B, self.table);
+            return R::lookup_bytes(bytes, shift, self.table);
         }
         // c is a multiple of 16, so the run starts on a byte (16·B bits per group)
         R::lookup_run::<B>(&row[c * B as usize / 8..], self.table)
+    }
+    #[inline(always)]
+    fn whole_chunks(self, c0: usize, k: usize) -> bool {
+        let p = 8 / B as usize;
+        c0 + 16 * k <= self.shuffled && k.is_multiple_of(p) && (c0 / 16).is_multiple_of(p)
+    }
+    #[inline(always)]
+    fn chunk_tile<const K: usize>(self, l: usize, c0: usize) -> [R; K] {
+        match B {
+            1 => self.chunks::<R, K, 8>(l, c0),
+            2 => self.chunks::<R, K, 4>(l, c0),
+            _ => self.chunks::<R, K, 2>(l, c0),
+        }
     }
     #[inline(always)]
     fn one(self, l: usize, c: usize) -> f32 {
@@ -1290,33 +1442,58 @@ fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
     w: &[Lanes; N],
     out: &mut [f32],
 ) {
-    let at = |buf: &[f32], i: usize| -> Lanes { buf[i..i + LANES].try_into().expect("16 values") };
+    // One check for the whole tile: sum `(r, k)` lives at `r·dim + c0 + 16k`, inside `out`.
+    assert!(
+        out.len() >= N * dim && c0 + K * LANES <= dim,
+        "accumulator tile out of range"
+    );
+    let base = out.as_mut_ptr();
+    // SAFETY (every use): `r < N`, `k < K`, so `r·dim + c0 + 16k + 16 ≤ (N − 1)·dim + dim ≤
+    // out.len()` by the assert; `Lanes` is `[f32; 16]`, align 4, like the slice's elements; no
+    // other reference to `out` is alive while these are.
+    macro_rules! sum_at {
+        ($r:expr, $k:expr) => {
+            base.add($r * dim + c0 + $k * LANES).cast::<Lanes>()
+        };
+    }
     let mut a = [[R::splat(0.0); K]; N];
     for (r, ar) in a.iter_mut().enumerate() {
         for (k, v) in ar.iter_mut().enumerate() {
-            *v = R::load(&at(out, r * dim + c0 + k * LANES));
+            // SAFETY: see `sum_at`.
+            *v = R::load(unsafe { &*sum_at!(r, k) });
         }
     }
-    for l in 0..rows.tokens().min(LANES) {
-        // a plain loop, not `array::from_fn`: its closure would be compiled outside this
-        // function's target features, and the lookups with it
-        let mut v = [R::splat(0.0); K];
-        for (k, vk) in v.iter_mut().enumerate() {
-            *vk = rows.group(l, c0 + k * LANES);
-        }
-        for r in 0..N {
-            let wl = R::splat(w[r][l]);
-            for k in 0..K {
-                a[r][k] = v[k].mul_add(wl, a[r][k]);
+    // (a macro, not a closure, for the target features; the two loops differ only in how a
+    // group is read, so the branch between them is taken once per tile)
+    macro_rules! tokens {
+        ($l:ident, $read:expr) => {
+            for $l in 0..rows.tokens().min(LANES) {
+                let v: [R; K] = $read;
+                let l = $l;
+                for r in 0..N {
+                    let wl = R::splat(w[r][l]);
+                    for k in 0..K {
+                        a[r][k] = v[k].mul_add(wl, a[r][k]);
+                    }
+                }
             }
-        }
+        };
+    }
+    if rows.whole_chunks(c0, K) {
+        tokens!(t, rows.chunk_tile::<K>(t, c0));
+    } else {
+        tokens!(t, {
+            let mut v = [R::splat(0.0); K];
+            for (k, vk) in v.iter_mut().enumerate() {
+                *vk = rows.group(t, c0 + k * LANES);
+            }
+            v
+        });
     }
     for (r, ar) in a.iter().enumerate() {
         for (k, v) in ar.iter().enumerate() {
-            let i = r * dim + c0 + k * LANES;
-            let mut o = [0.0f32; LANES];
-            v.store(&mut o);
-            out[i..i + LANES].copy_from_slice(&o);
+            // SAFETY: see `sum_at`.
+            v.store(unsafe { &mut *sum_at!(r, k) });
         }
     }
 }
@@ -1357,12 +1534,85 @@ fn accumulate_group<R: Row, V: ValueRows<R>, const N: usize>(
 /// `acc[r·dim + j] += Σ_l w[r][l] · row_l[j]` for the `w.len()` rows, four at a time.
 #[inline(always)]
 fn accumulate_any<R: Row, V: ValueRows<R>>(rows: V, dim: usize, w: &[Lanes], acc: &mut [f32]) {
-    for (wg, out) in w.chunks(ACC_ROWS).zip(acc.chunks_mut(ACC_ROWS * dim)) {
+    // (an index loop: zipping `chunks` with `chunks_mut` divides by the chunk length per call)
+    let mut r0 = 0;
+    while r0 < w.len() {
+        let r1 = (r0 + ACC_ROWS).min(w.len());
+        let (wg, out) = (&w[r0..r1], &mut acc[r0 * dim..r1 * dim]);
         match wg.len() {
             1 => accumulate_group::<R, V, 1>(rows, dim, wg.try_into().expect("1"), out),
             2 => accumulate_group::<R, V, 2>(rows, dim, wg.try_into().expect("2"), out),
             3 => accumulate_group::<R, V, 3>(rows, dim, wg.try_into().expect("3"), out),
             _ => accumulate_group::<R, V, 4>(rows, dim, wg.try_into().expect("4"), out),
+        }
+        r0 = r1;
+    }
+}
+
+/// [`accumulate_packed_lanes`] for its common shape, with none of the general path's per-call
+/// set-up: `B ∈ {2, 4}` (`P = 8 / B` codes per byte), 16 tokens, `dim` a multiple of 64 (every
+/// slot shuffled, 64-slot tiles of whole chunks) and rows a multiple of 4. The same sums in the
+/// same order as [`accumulate_group`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `l` indexes the rows and the weights' lanes
+fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
+    packed: &[u8],
+    row_bytes: usize,
+    dim: usize,
+    table: &[f32; 16],
+    w: &[Lanes],
+    acc: &mut [f32],
+) {
+    const K: usize = 4;
+    assert!(
+        packed.len() >= LANES * row_bytes
+            && dim.is_multiple_of(K * LANES)
+            && dim * B as usize <= 8 * row_bytes
+            && acc.len() == w.len() * dim
+            && w.len().is_multiple_of(ACC_ROWS),
+        "accumulate_whole_chunks: shape"
+    );
+    let (src, sums) = (packed.as_ptr(), acc.as_mut_ptr());
+    for (g, wg) in w.chunks_exact(ACC_ROWS).enumerate() {
+        for c0 in (0..dim).step_by(K * LANES) {
+            let mut a = [[R::splat(0.0); K]; ACC_ROWS];
+            for (r, ar) in a.iter_mut().enumerate() {
+                for (k, v) in ar.iter_mut().enumerate() {
+                    // SAFETY: `(g·4 + r)·dim + c0 + 16k + 16 ≤ w.len()·dim = acc.len()` (`r < 4`,
+                    // `c0 + 64 ≤ dim`, checked above); `Lanes` is `[f32; 16]`, align 4.
+                    *v = R::load(unsafe {
+                        &*sums.add((g * ACC_ROWS + r) * dim + c0 + k * LANES).cast()
+                    });
+                }
+            }
+            let first = c0 / (16 * P);
+            for l in 0..LANES {
+                let mut v = [R::splat(0.0); K];
+                for i in 0..K / P {
+                    // SAFETY: chunk `first + i` ends at byte `16·(first + i + 1) ≤ dim·B/8 ≤
+                    // row_bytes` of row `l < 16`, inside `packed` (checked above).
+                    let bytes =
+                        unsafe { &*src.add(l * row_bytes + 16 * (first + i)).cast::<[u8; 16]>() };
+                    let codes = R::lookup_chunk::<B, P>(bytes, table);
+                    for (j, c) in codes.into_iter().enumerate() {
+                        v[i * P + j] = c;
+                    }
+                }
+                for r in 0..ACC_ROWS {
+                    let wl = R::splat(wg[r][l]);
+                    for k in 0..K {
+                        a[r][k] = v[k].mul_add(wl, a[r][k]);
+                    }
+                }
+            }
+            for (r, ar) in a.iter().enumerate() {
+                for (k, v) in ar.iter().enumerate() {
+                    // SAFETY: as for the loads.
+                    v.store(unsafe {
+                        &mut *sums.add((g * ACC_ROWS + r) * dim + c0 + k * LANES).cast()
+                    });
+                }
+            }
         }
     }
 }
@@ -1379,12 +1629,21 @@ lane_kernel! {
 
 lane_kernel! {
     /// [`accumulate_rows_lanes`] straight from the block's packed value rows (`m = packed.len()
-    /// / row_bytes ≤ 16` tokens of `dim = acc.len() / w.len()` codes of `bits ≤ 4` bits; `table`
-    /// the codebook repeated to 16 entries): `acc[r·dim + s] += Σ_l w[r][l] · table[code_lj]`
-    /// for coordinate `j` = [`packed_slot_coordinate`]`(bits, dim, s)` (the tokens' scales
-    /// belong in `w`).
-    pub fn accumulate_packed_lanes(packed: &[u8], row_bytes: usize, bits: u32, table: &[f32; 16], w: &[Lanes], acc: &mut [f32]) {
-        let dim = acc.len() / w.len().max(1);
+    /// / row_bytes ≤ 16` tokens of `dim` codes of `bits ≤ 4` bits; `table` the codebook
+    /// repeated to 16 entries; `acc` holds `w.len() × dim` sums): `acc[r·dim + s] += Σ_l
+    /// w[r][l] · table[code_lj]` for coordinate `j` = [`packed_slot_coordinate`]`(bits, dim, s)`
+    /// (the tokens' scales belong in `w`). (`dim` is passed, not divided out: this runs once
+    /// per block and row group, where a division is a measurable part of the call.)
+    pub fn accumulate_packed_lanes(packed: &[u8], row_bytes: usize, dim: usize, bits: u32, table: &[f32; 16], w: &[Lanes], acc: &mut [f32]) {
+        assert_eq!(acc.len(), w.len() * dim, "accumulate_packed_lanes: acc is not w.len() × dim");
+        let common = packed.len() == LANES * row_bytes
+            && dim.is_multiple_of(4 * LANES)
+            && w.len().is_multiple_of(ACC_ROWS);
+        match bits {
+            4 if common => return accumulate_whole_chunks::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
+            2 if common => return accumulate_whole_chunks::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
+            _ => {}
+        }
         match bits {
             1 => accumulate_any::<R, _>(PackedRows::<1>::new(packed, row_bytes, dim, table), dim, w, acc),
             2 => accumulate_any::<R, _>(PackedRows::<2>::new(packed, row_bytes, dim, table), dim, w, acc),

@@ -252,7 +252,9 @@ class KVLayerStore:
         take = min(need, k.shape[2])
         if k.shape[2] > take:  # the codes part first: if it refuses, nothing has changed
             self._native.append(np.ascontiguousarray(k[:, :, take:]), np.ascontiguousarray(v[:, :, take:]))
-        dtype = _exact_dtype(keys) if _exact_dtype(keys) is _exact_dtype(values) else np.float32
+        dtype = _exact_dtype(keys)
+        if _exact_dtype(values) is not dtype:
+            dtype = np.float32
         if self._sink_k is not None and self._sink_k.dtype != dtype:
             # a later chunk in another dtype: keep every sink token exact in float32
             dtype = np.float32

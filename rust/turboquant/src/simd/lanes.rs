@@ -1272,21 +1272,6 @@ trait ValueRows<R: Row>: Copy {
     fn group(self, l: usize, c: usize) -> R;
     /// Slot `c` of token `l`.
     fn one(self, l: usize, c: usize) -> f32;
-    /// Whether slots `c0 .. c0 + 16·k` are whole packed chunks, which
-    /// [`ValueRows::chunk_tile`] reads with no per-group branch, each chunk's bytes widened once.
-    #[inline(always)]
-    fn whole_chunks(self, _c0: usize, _k: usize) -> bool {
-        false
-    }
-    /// The `K` groups at slot `c0` of token `l` (`l < tokens()`) where `whole_chunks(c0, K)`.
-    #[inline(always)]
-    fn chunk_tile<const K: usize>(self, l: usize, c0: usize) -> [R; K] {
-        let mut v = [R::splat(0.0); K];
-        for (k, vk) in v.iter_mut().enumerate() {
-            *vk = self.group(l, c0 + k * LANES);
-        }
-        v
-    }
 }
 
 /// `LANES` decoded rows of `dim` floats.
@@ -1325,35 +1310,6 @@ struct PackedRows<'a, const B: u32> {
 }
 
 impl<'a, const B: u32> PackedRows<'a, B> {
-    /// [`ValueRows::chunk_tile`] for `P = 8 / B` codes per byte: chunk by chunk, each one's
-    /// `P` groups from one widening of its 16 bytes.
-    #[inline(always)]
-    fn chunks<R: Row, const K: usize, const P: usize>(self, l: usize, c0: usize) -> [R; K] {
-        let mut v = [R::splat(0.0); K];
-        let first = c0 / (16 * P);
-        for i in 0..K / P {
-            let at = l * self.row_bytes + 16 * (first + i);
-            debug_assert!(16 * (first + i + 1) <= self.shuffled * B as usize / 8);
-            debug_assert!(at + 16 <= self.packed.len());
-            // SAFETY: `whole_chunks(c0, K)` held, so the tile's chunks are whole 16-byte
-            // chunks of the row (`16·(first + i + 1) ≤ shuffled·B/8 ≤ row_bytes`), and callers
-            // pass `l < tokens = packed.len() / row_bytes`: the 16 bytes at `at` lie inside
-            // `packed`.
-            let bytes = unsafe { &*self.packed.as_ptr().add(at).cast::<[u8; 16]>() };
-            let codes = R::lookup_chunk::<B, P>(bytes, self.table);
-            for (j, c) in codes.into_iter().enumerate() {
-                v[i * P + j] = c;
-            }
-        }
-        v
-    }
-    /// The 16-byte chunk and the bit shift that hold slot group `c / 16` (`c < shuffled`):
-    /// sub-code `j = (c/16) mod P` of the bytes of chunk `c / (16·P)`, `P = 8 / B`.
-    #[inline(always)]
-    fn chunk_of(c: usize) -> (usize, u32) {
-        let p = 8 / B as usize;
-        (c / (16 * p), ((c / 16) % p) as u32 * B)
-    }
     #[inline(always)]
     fn new(packed: &'a [u8], row_bytes: usize, dim: usize, table: &'a [f32; 16]) -> Self {
         PackedRows {
@@ -1375,25 +1331,14 @@ impl<R: Row, const B: u32> ValueRows<R> for PackedRows<'_, B> {
     fn group(self, l: usize, c: usize) -> R {
         let row = &self.packed[l * self.row_bytes..];
         if c < self.shuffled {
-            let (chunk, shift) = Self::chunk_of(c);
+            // slot group c/16 = sub-code j of the 16 bytes of chunk c / (16·P)
+            let p = 8 / B as usize;
+            let (chunk, j) = (c / (16 * p), (c / 16) % p);
             let bytes: &[u8; 16] = row[16 * chunk..16 * chunk + 16].try_into().expect("16");
-            return R::lookup_bytes(bytes, shift, self.table);
+            return R::lookup_bytes(bytes, j as u32 * B, self.table);
         }
         // c is a multiple of 16, so the run starts on a byte (16·B bits per group)
         R::lookup_run::<B>(&row[c * B as usize / 8..], self.table)
-    }
-    #[inline(always)]
-    fn whole_chunks(self, c0: usize, k: usize) -> bool {
-        let p = 8 / B as usize;
-        c0 + 16 * k <= self.shuffled && k.is_multiple_of(p) && (c0 / 16).is_multiple_of(p)
-    }
-    #[inline(always)]
-    fn chunk_tile<const K: usize>(self, l: usize, c0: usize) -> [R; K] {
-        match B {
-            1 => self.chunks::<R, K, 8>(l, c0),
-            2 => self.chunks::<R, K, 4>(l, c0),
-            _ => self.chunks::<R, K, 2>(l, c0),
-        }
     }
     #[inline(always)]
     fn one(self, l: usize, c: usize) -> f32 {
@@ -1442,58 +1387,33 @@ fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
     w: &[Lanes; N],
     out: &mut [f32],
 ) {
-    // One check for the whole tile: sum `(r, k)` lives at `r·dim + c0 + 16k`, inside `out`.
-    assert!(
-        out.len() >= N * dim && c0 + K * LANES <= dim,
-        "accumulator tile out of range"
-    );
-    let base = out.as_mut_ptr();
-    // SAFETY (every use): `r < N`, `k < K`, so `r·dim + c0 + 16k + 16 ≤ (N − 1)·dim + dim ≤
-    // out.len()` by the assert; `Lanes` is `[f32; 16]`, align 4, like the slice's elements; no
-    // other reference to `out` is alive while these are.
-    macro_rules! sum_at {
-        ($r:expr, $k:expr) => {
-            base.add($r * dim + c0 + $k * LANES).cast::<Lanes>()
-        };
-    }
+    let at = |buf: &[f32], i: usize| -> Lanes { buf[i..i + LANES].try_into().expect("16 values") };
     let mut a = [[R::splat(0.0); K]; N];
     for (r, ar) in a.iter_mut().enumerate() {
         for (k, v) in ar.iter_mut().enumerate() {
-            // SAFETY: see `sum_at`.
-            *v = R::load(unsafe { &*sum_at!(r, k) });
+            *v = R::load(&at(out, r * dim + c0 + k * LANES));
         }
     }
-    // (a macro, not a closure, for the target features; the two loops differ only in how a
-    // group is read, so the branch between them is taken once per tile)
-    macro_rules! tokens {
-        ($l:ident, $read:expr) => {
-            for $l in 0..rows.tokens().min(LANES) {
-                let v: [R; K] = $read;
-                let l = $l;
-                for r in 0..N {
-                    let wl = R::splat(w[r][l]);
-                    for k in 0..K {
-                        a[r][k] = v[k].mul_add(wl, a[r][k]);
-                    }
-                }
+    for l in 0..rows.tokens().min(LANES) {
+        // a plain loop, not `array::from_fn`: its closure would be compiled outside this
+        // function's target features, and the lookups with it
+        let mut v = [R::splat(0.0); K];
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = rows.group(l, c0 + k * LANES);
+        }
+        for r in 0..N {
+            let wl = R::splat(w[r][l]);
+            for k in 0..K {
+                a[r][k] = v[k].mul_add(wl, a[r][k]);
             }
-        };
-    }
-    if rows.whole_chunks(c0, K) {
-        tokens!(t, rows.chunk_tile::<K>(t, c0));
-    } else {
-        tokens!(t, {
-            let mut v = [R::splat(0.0); K];
-            for (k, vk) in v.iter_mut().enumerate() {
-                *vk = rows.group(t, c0 + k * LANES);
-            }
-            v
-        });
+        }
     }
     for (r, ar) in a.iter().enumerate() {
         for (k, v) in ar.iter().enumerate() {
-            // SAFETY: see `sum_at`.
-            v.store(unsafe { &mut *sum_at!(r, k) });
+            let i = r * dim + c0 + k * LANES;
+            let mut o = [0.0f32; LANES];
+            v.store(&mut o);
+            out[i..i + LANES].copy_from_slice(&o);
         }
     }
 }
@@ -1640,11 +1560,8 @@ lane_kernel! {
             && dim.is_multiple_of(4 * LANES)
             && w.len().is_multiple_of(ACC_ROWS);
         match bits {
-            4 if common => return accumulate_whole_chunks::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
-            2 if common => return accumulate_whole_chunks::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
-            _ => {}
-        }
-        match bits {
+            4 if common => accumulate_whole_chunks::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
+            2 if common => accumulate_whole_chunks::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
             1 => accumulate_any::<R, _>(PackedRows::<1>::new(packed, row_bytes, dim, table), dim, w, acc),
             2 => accumulate_any::<R, _>(PackedRows::<2>::new(packed, row_bytes, dim, table), dim, w, acc),
             3 => accumulate_any::<R, _>(PackedRows::<3>::new(packed, row_bytes, dim, table), dim, w, acc),

@@ -219,6 +219,8 @@ fn attention_from_codes_equals_dequantized_reference() {
     check_case(80, 1, 2, 2, 100, 1, side(2, 0), side(2, 0), None, None);
     // 2 bits at d = 128 with 8 rows per stream (two groups of 4 in the value sums)
     check_case(128, 2, 16, 1, 200, 1, side(2, 0), side(2, 0), None, None);
+    // 3 bits at d = 128, GQA 4 (key periods of three words, value runs in 64-slot tiles)
+    check_case(128, 2, 8, 1, 200, 1, side(3, 0), side(3, 0), None, None);
     // 1-bit parts, 3-bit rows that end inside a 32-bit word, parts of 8 and 24 coordinates
     // (a 16-coordinate group and a tail of 8 in the value sums)
     check_case(72, 1, 3, 1, 90, 2, side(1, 8), side(2, 24), None, None);
@@ -427,6 +429,9 @@ fn every_simd_level_gives_identical_attention() {
     // 64-coordinate tiles of whole chunks): GQA 4 decode at 4 bits, 8 rows per stream at 2
     identical_at_every_level(128, side(4, 0), side(4, 0), 8, 1);
     identical_at_every_level(128, side(2, 0), side(2, 0), 4, 4);
+    // 3 bits: key periods of three words (codes across words), value runs of 16 codes
+    identical_at_every_level(128, side(3, 0), side(3, 0), 8, 1);
+    identical_at_every_level(96, side(3, 0), side(4, 0), 4, 2);
 }
 
 fn identical_at_every_level(d: usize, key: SideSpec, value: SideSpec, hq: usize, ql: usize) {

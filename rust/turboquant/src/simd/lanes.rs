@@ -1173,9 +1173,9 @@ fn dot_words<R: Row, const B: u32>(
     out: &mut [Lanes],
 ) {
     let d = q.len() / out.len().max(1);
-    let run = (32 / B) as usize;
-    if 32 % B == 0 && d.is_multiple_of(run) && words.len() * run >= d {
-        // the common shape: whole words, no tail
+    let (period_words, period_codes) = word_period(B);
+    if d.is_multiple_of(period_codes) && words.len() * period_codes >= d * period_words {
+        // the common shape: whole periods of words, no tail
         let post = R::load(scale);
         match out.len() {
             0 => {}
@@ -1194,9 +1194,18 @@ fn dot_words<R: Row, const B: u32>(
     dot_rows_any::<R>(d, cols, q, R::load(scale), out);
 }
 
-/// [`dot_rows_n`] over [`WordColumns`] for `d` a multiple of the `32 / B` codes of a word
-/// (`B` dividing 32), with none of the general path's per-call set-up: word by word, each
-/// code at a constant shift, the same pairs in the same order (so the same sums).
+/// `(words, codes)` of one period of a row of packed `B`-bit codes (`B ≤ 4`): the fewest whole
+/// 32-bit words that hold whole codes (one word of `32 / B` codes where `B` divides 32, else
+/// `B` words of 32 codes).
+const fn word_period(b: u32) -> (usize, usize) {
+    let words = if 32 % b == 0 { 1 } else { b as usize };
+    (words, 32 * words / b as usize)
+}
+
+/// [`dot_rows_n`] over [`WordColumns`] for `d` a multiple of the codes of a [`word_period`],
+/// with none of the general path's per-call set-up: period by period, each code at a
+/// constant word and shift (a code across two words read from both), the same pairs in the
+/// same order (so the same sums).
 #[inline(always)]
 fn dot_whole_words<R: Row, const B: u32, const N: usize>(
     words: &[[u32; LANES]],
@@ -1206,19 +1215,35 @@ fn dot_whole_words<R: Row, const B: u32, const N: usize>(
     post: R,
     out: &mut [Lanes],
 ) {
-    let run = (32 / B) as usize;
+    let (period_words, period_codes) = word_period(B);
     assert!(
-        q.len() >= N * d && out.len() >= N && words.len() * run >= d,
+        q.len() >= N * d && out.len() >= N && words.len() * period_codes >= d * period_words,
         "dot_whole_words: shape"
     );
     let qp = q.as_ptr();
     let mut even = [R::splat(0.0); N];
     let mut odd = [R::splat(0.0); N];
-    for (wi, word) in words.iter().enumerate().take(d / run) {
-        let j0 = wi * run;
-        for u in (0..run).step_by(2) {
-            let c0 = R::lookup_word(word, u as u32 * B, table);
-            let c1 = R::lookup_word(word, (u + 1) as u32 * B, table);
+    for (p, ws) in words
+        .chunks_exact(period_words)
+        .enumerate()
+        .take(d / period_codes)
+    {
+        let j0 = p * period_codes;
+        // code `u` of the period: bit `u·B`, inside one word or across two (a macro, not a
+        // closure: a closure would be compiled outside the target features)
+        macro_rules! code {
+            ($u:expr) => {{
+                let bit = ($u * B as usize) as u32;
+                let (w, shift) = ((bit / 32) as usize, bit % 32);
+                if shift + B <= 32 {
+                    R::lookup_word(&ws[w], shift, table)
+                } else {
+                    R::lookup_word_pair(&ws[w], &ws[w + 1], shift, table)
+                }
+            }};
+        }
+        for u in (0..period_codes).step_by(2) {
+            let (c0, c1) = (code!(u), code!(u + 1));
             for r in 0..N {
                 // SAFETY: `r < N` and `j0 + u + 1 < d`, so both indices are below `N·d ≤
                 // q.len()` (asserted above).
@@ -1470,9 +1495,11 @@ fn accumulate_any<R: Row, V: ValueRows<R>>(rows: V, dim: usize, w: &[Lanes], acc
 }
 
 /// [`accumulate_packed_lanes`] for its common shape, with none of the general path's per-call
-/// set-up: `B ∈ {2, 4}` (`P = 8 / B` codes per byte), 16 tokens, `dim` a multiple of 64 (every
-/// slot shuffled, 64-slot tiles of whole chunks) and rows a multiple of 4. The same sums in the
-/// same order as [`accumulate_group`].
+/// set-up: 16 tokens, `dim` a multiple of 64 and rows a multiple of 4, in 64-slot tiles. For
+/// `B ∈ {2, 4}` (`P = 8 / B` codes per byte) every slot is shuffled and a tile is whole
+/// 16-byte chunks, each widened once for its `P` codes; for `B = 3` (`P = 0`) slots are
+/// coordinates and a tile is four runs of 16 codes. The same sums in the same order as
+/// [`accumulate_group`].
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `l` indexes the rows and the weights' lanes
 fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
@@ -1505,17 +1532,26 @@ fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
                     });
                 }
             }
-            let first = c0 / (16 * P);
             for l in 0..LANES {
                 let mut v = [R::splat(0.0); K];
-                for i in 0..K / P {
-                    // SAFETY: chunk `first + i` ends at byte `16·(first + i + 1) ≤ dim·B/8 ≤
-                    // row_bytes` of row `l < 16`, inside `packed` (checked above).
-                    let bytes =
-                        unsafe { &*src.add(l * row_bytes + 16 * (first + i)).cast::<[u8; 16]>() };
-                    let codes = R::lookup_chunk::<B, P>(bytes, table);
-                    for (j, c) in codes.into_iter().enumerate() {
-                        v[i * P + j] = c;
+                if P == 0 {
+                    // runs of 16 codes start on a byte: `c0` and `16k` are multiples of 8
+                    let row = &packed[l * row_bytes..];
+                    for (k, vk) in v.iter_mut().enumerate() {
+                        *vk = R::lookup_run::<B>(&row[(c0 + k * LANES) * B as usize / 8..], table);
+                    }
+                } else {
+                    let first = c0 / (16 * P);
+                    for i in 0..K / P {
+                        // SAFETY: chunk `first + i` ends at byte `16·(first + i + 1) ≤ dim·B/8 ≤
+                        // row_bytes` of row `l < 16`, inside `packed` (checked above).
+                        let bytes = unsafe {
+                            &*src.add(l * row_bytes + 16 * (first + i)).cast::<[u8; 16]>()
+                        };
+                        let codes = R::lookup_chunk::<B, P>(bytes, table);
+                        for (j, c) in codes.into_iter().enumerate() {
+                            v[i * P + j] = c;
+                        }
                     }
                 }
                 for r in 0..ACC_ROWS {
@@ -1561,6 +1597,7 @@ lane_kernel! {
             && w.len().is_multiple_of(ACC_ROWS);
         match bits {
             4 if common => accumulate_whole_chunks::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
+            3 if common => accumulate_whole_chunks::<R, 3, 0>(packed, row_bytes, dim, table, w, acc),
             2 if common => accumulate_whole_chunks::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
             1 => accumulate_any::<R, _>(PackedRows::<1>::new(packed, row_bytes, dim, table), dim, w, acc),
             2 => accumulate_any::<R, _>(PackedRows::<2>::new(packed, row_bytes, dim, table), dim, w, acc),

@@ -1401,10 +1401,59 @@ pub fn packed_slot_coordinate(bits: u32, dim: usize, s: usize) -> usize {
     p * (16 * chunk + k) + j
 }
 
+/// The `N × K` sums of a tile: `a[r][k]` = `out[r·dim + c0 + 16k ..][..16]`.
+#[inline(always)]
+fn load_sums<R: Row, const N: usize, const K: usize>(
+    out: &[f32],
+    dim: usize,
+    c0: usize,
+) -> [[R; K]; N] {
+    let mut a = [[R::splat(0.0); K]; N];
+    for (r, ar) in a.iter_mut().enumerate() {
+        for (k, v) in ar.iter_mut().enumerate() {
+            let i = r * dim + c0 + k * LANES;
+            *v = R::load(out[i..i + LANES].try_into().expect("16 values"));
+        }
+    }
+    a
+}
+
+/// The inverse of [`load_sums`]: the tile's sums written back to `out`.
+#[inline(always)]
+fn store_sums<R: Row, const N: usize, const K: usize>(
+    a: &[[R; K]; N],
+    out: &mut [f32],
+    dim: usize,
+    c0: usize,
+) {
+    for (r, ar) in a.iter().enumerate() {
+        for (k, v) in ar.iter().enumerate() {
+            let i = r * dim + c0 + k * LANES;
+            v.store((&mut out[i..i + LANES]).try_into().expect("16 values"));
+        }
+    }
+}
+
+/// `a[r][k] += w[r][l] · v[k]` (one fused multiply-add each): token `l`'s values `v` of a
+/// tile weighed into the sums of the `N` rows.
+#[inline(always)]
+fn weigh_into<R: Row, const N: usize, const K: usize>(
+    a: &mut [[R; K]; N],
+    v: &[R; K],
+    w: &[Lanes; N],
+    l: usize,
+) {
+    for (ar, wr) in a.iter_mut().zip(w) {
+        let wl = R::splat(wr[l]);
+        for (ak, vk) in ar.iter_mut().zip(v) {
+            *ak = vk.mul_add(wl, *ak);
+        }
+    }
+}
+
 /// `out[r·dim + c0 + 16k + i] += Σ_l w[r][l] · row_l[c0 + 16k + i]` for `N` rows and `K`
 /// groups of 16 coordinates, the `N·K` sums in registers, summed in token order.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // `l` and `r` index fixed-size arrays in registers
 fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
     rows: V,
     dim: usize,
@@ -1412,13 +1461,7 @@ fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
     w: &[Lanes; N],
     out: &mut [f32],
 ) {
-    let at = |buf: &[f32], i: usize| -> Lanes { buf[i..i + LANES].try_into().expect("16 values") };
-    let mut a = [[R::splat(0.0); K]; N];
-    for (r, ar) in a.iter_mut().enumerate() {
-        for (k, v) in ar.iter_mut().enumerate() {
-            *v = R::load(&at(out, r * dim + c0 + k * LANES));
-        }
-    }
+    let mut a = load_sums::<R, N, K>(out, dim, c0);
     for l in 0..rows.tokens().min(LANES) {
         // a plain loop, not `array::from_fn`: its closure would be compiled outside this
         // function's target features, and the lookups with it
@@ -1426,21 +1469,9 @@ fn accumulate_tile<R: Row, V: ValueRows<R>, const N: usize, const K: usize>(
         for (k, vk) in v.iter_mut().enumerate() {
             *vk = rows.group(l, c0 + k * LANES);
         }
-        for r in 0..N {
-            let wl = R::splat(w[r][l]);
-            for k in 0..K {
-                a[r][k] = v[k].mul_add(wl, a[r][k]);
-            }
-        }
+        weigh_into(&mut a, &v, w, l);
     }
-    for (r, ar) in a.iter().enumerate() {
-        for (k, v) in ar.iter().enumerate() {
-            let i = r * dim + c0 + k * LANES;
-            let mut o = [0.0f32; LANES];
-            v.store(&mut o);
-            out[i..i + LANES].copy_from_slice(&o);
-        }
-    }
+    store_sums(&a, out, dim, c0);
 }
 
 /// The weighted sums for `N` rows: 64-coordinate tiles, then a 32 and a 16-coordinate tile, the last
@@ -1501,8 +1532,7 @@ fn accumulate_any<R: Row, V: ValueRows<R>>(rows: V, dim: usize, w: &[Lanes], acc
 /// coordinates and a tile is four runs of 16 codes. The same sums in the same order as
 /// [`accumulate_group`].
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // `l` indexes the rows and the weights' lanes
-fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
+fn accumulate_whole_tiles<R: Row, const B: u32, const P: usize>(
     packed: &[u8],
     row_bytes: usize,
     dim: usize,
@@ -1517,21 +1547,15 @@ fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
             && dim * B as usize <= 8 * row_bytes
             && acc.len() == w.len() * dim
             && w.len().is_multiple_of(ACC_ROWS),
-        "accumulate_whole_chunks: shape"
+        "accumulate_whole_tiles: shape"
     );
-    let (src, sums) = (packed.as_ptr(), acc.as_mut_ptr());
+    let src = packed.as_ptr();
+    // (an index loop: `chunks_exact_mut(4·dim)` would divide by `dim` per call)
     for (g, wg) in w.chunks_exact(ACC_ROWS).enumerate() {
+        let wg: &[Lanes; ACC_ROWS] = wg.try_into().expect("4 rows");
+        let out = &mut acc[g * ACC_ROWS * dim..(g + 1) * ACC_ROWS * dim];
         for c0 in (0..dim).step_by(K * LANES) {
-            let mut a = [[R::splat(0.0); K]; ACC_ROWS];
-            for (r, ar) in a.iter_mut().enumerate() {
-                for (k, v) in ar.iter_mut().enumerate() {
-                    // SAFETY: `(g·4 + r)·dim + c0 + 16k + 16 ≤ w.len()·dim = acc.len()` (`r < 4`,
-                    // `c0 + 64 ≤ dim`, checked above); `Lanes` is `[f32; 16]`, align 4.
-                    *v = R::load(unsafe {
-                        &*sums.add((g * ACC_ROWS + r) * dim + c0 + k * LANES).cast()
-                    });
-                }
-            }
+            let mut a = load_sums::<R, ACC_ROWS, K>(out, dim, c0);
             for l in 0..LANES {
                 let mut v = [R::splat(0.0); K];
                 if P == 0 {
@@ -1554,21 +1578,9 @@ fn accumulate_whole_chunks<R: Row, const B: u32, const P: usize>(
                         }
                     }
                 }
-                for r in 0..ACC_ROWS {
-                    let wl = R::splat(wg[r][l]);
-                    for k in 0..K {
-                        a[r][k] = v[k].mul_add(wl, a[r][k]);
-                    }
-                }
+                weigh_into(&mut a, &v, wg, l);
             }
-            for (r, ar) in a.iter().enumerate() {
-                for (k, v) in ar.iter().enumerate() {
-                    // SAFETY: as for the loads.
-                    v.store(unsafe {
-                        &mut *sums.add((g * ACC_ROWS + r) * dim + c0 + k * LANES).cast()
-                    });
-                }
-            }
+            store_sums(&a, out, dim, c0);
         }
     }
 }
@@ -1596,9 +1608,9 @@ lane_kernel! {
             && dim.is_multiple_of(4 * LANES)
             && w.len().is_multiple_of(ACC_ROWS);
         match bits {
-            4 if common => accumulate_whole_chunks::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
-            3 if common => accumulate_whole_chunks::<R, 3, 0>(packed, row_bytes, dim, table, w, acc),
-            2 if common => accumulate_whole_chunks::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
+            4 if common => accumulate_whole_tiles::<R, 4, 2>(packed, row_bytes, dim, table, w, acc),
+            3 if common => accumulate_whole_tiles::<R, 3, 0>(packed, row_bytes, dim, table, w, acc),
+            2 if common => accumulate_whole_tiles::<R, 2, 4>(packed, row_bytes, dim, table, w, acc),
             1 => accumulate_any::<R, _>(PackedRows::<1>::new(packed, row_bytes, dim, table), dim, w, acc),
             2 => accumulate_any::<R, _>(PackedRows::<2>::new(packed, row_bytes, dim, table), dim, w, acc),
             3 => accumulate_any::<R, _>(PackedRows::<3>::new(packed, row_bytes, dim, table), dim, w, acc),

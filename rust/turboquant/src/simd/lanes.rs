@@ -1138,20 +1138,29 @@ fn dot_rows_n<R: Row, C: Columns<R>, const N: usize>(
     }
 }
 
+/// Calls the row kernel `$f::<$g.., N>($a..)` with the const `N` equal to the row count `$n`
+/// (none for 0, [`DOT_ROWS`] for more): the one dispatch from a runtime row count to the
+/// kernels' unrolled row loops.
+macro_rules! by_row_count {
+    ($n:expr, $f:ident::<$($g:tt),*>($($a:expr),*)) => {
+        match $n {
+            0 => {}
+            1 => $f::<$($g,)* 1>($($a),*),
+            2 => $f::<$($g,)* 2>($($a),*),
+            3 => $f::<$($g,)* 3>($($a),*),
+            4 => $f::<$($g,)* 4>($($a),*),
+            5 => $f::<$($g,)* 5>($($a),*),
+            6 => $f::<$($g,)* 6>($($a),*),
+            7 => $f::<$($g,)* 7>($($a),*),
+            _ => $f::<$($g,)* DOT_ROWS>($($a),*),
+        }
+    };
+}
+
 /// [`dot_rows_n`] for `out.len() ≤ DOT_ROWS` rows.
 #[inline(always)]
 fn dot_rows_any<R: Row>(d: usize, cols: impl Columns<R>, q: &[f32], post: R, out: &mut [Lanes]) {
-    match out.len() {
-        0 => {}
-        1 => dot_rows_n::<R, _, 1>(d, cols, q, post, out),
-        2 => dot_rows_n::<R, _, 2>(d, cols, q, post, out),
-        3 => dot_rows_n::<R, _, 3>(d, cols, q, post, out),
-        4 => dot_rows_n::<R, _, 4>(d, cols, q, post, out),
-        5 => dot_rows_n::<R, _, 5>(d, cols, q, post, out),
-        6 => dot_rows_n::<R, _, 6>(d, cols, q, post, out),
-        7 => dot_rows_n::<R, _, 7>(d, cols, q, post, out),
-        _ => dot_rows_n::<R, _, 8>(d, cols, q, post, out),
-    }
+    by_row_count!(out.len(), dot_rows_n::<R, _>(d, cols, q, post, out));
 }
 
 lane_kernel! {
@@ -1177,17 +1186,10 @@ fn dot_words<R: Row, const B: u32>(
     if d.is_multiple_of(period_codes) && words.len() * period_codes >= d * period_words {
         // the common shape: whole periods of words, no tail
         let post = R::load(scale);
-        match out.len() {
-            0 => {}
-            1 => dot_whole_words::<R, B, 1>(words, table, d, q, post, out),
-            2 => dot_whole_words::<R, B, 2>(words, table, d, q, post, out),
-            3 => dot_whole_words::<R, B, 3>(words, table, d, q, post, out),
-            4 => dot_whole_words::<R, B, 4>(words, table, d, q, post, out),
-            5 => dot_whole_words::<R, B, 5>(words, table, d, q, post, out),
-            6 => dot_whole_words::<R, B, 6>(words, table, d, q, post, out),
-            7 => dot_whole_words::<R, B, 7>(words, table, d, q, post, out),
-            _ => dot_whole_words::<R, B, 8>(words, table, d, q, post, out),
-        }
+        by_row_count!(
+            out.len(),
+            dot_whole_words::<R, B>(words, table, d, q, post, out)
+        );
         return;
     }
     let cols = WordColumns::<B> { words, table };
